@@ -1,0 +1,1 @@
+"""FastAPI service: job submission, registry of models and adapters, and prediction."""

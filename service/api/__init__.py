@@ -1,0 +1,1 @@
+"""One router module per resource: jobs, models, adapters, predict, health."""

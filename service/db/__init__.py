@@ -1,0 +1,1 @@
+"""Database package: SQLAlchemy 2.0 tables and the session factory (no FastAPI imports)."""
