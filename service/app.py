@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api import adapter_import, adapters, health, jobs, predict
+from service.api import adapter_import, adapters, evaluate, health, jobs, predict
 from service.api import models as models_api
 from service.config import Settings, get_settings
 from service.db.migrate import upgrade
@@ -54,6 +54,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     install_security(app, settings)
-    for module in (health, jobs, models_api, adapters, adapter_import, predict):
+    for module in (health, jobs, models_api, adapters, adapter_import, predict, evaluate):
         app.include_router(module.router)
     return app
