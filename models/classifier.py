@@ -1,0 +1,114 @@
+"""The seed notebook's MNIST classifier: a three-layer MLP with dropout.
+
+``linear1`` Linear(784, 1000) -> ReLU -> Dropout(0.5) -> ``linear2`` Linear(1000, 2000)
+-> ReLU -> Dropout(0.5) -> ``linear3`` Linear(2000, n_classes). Output index ``i`` of the
+head means ``classes[i]`` of the data split the model was trained on; the model itself
+does not know which digits those are (the checkpoint sidecar records them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+LINEAR_NAMES: tuple[str, ...] = ("linear1", "linear2", "linear3")
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """Architecture of :class:`MLP`; everything a checkpoint needs to rebuild it.
+
+    Attributes:
+        in_features: flattened input size (784 for 28x28 MNIST).
+        hidden1: width of ``linear1``'s output.
+        hidden2: width of ``linear2``'s output.
+        n_classes: number of output logits (one per digit the head knows).
+        dropout: dropout probability after each hidden ReLU, in [0, 1).
+    """
+
+    in_features: int = 784
+    hidden1: int = 1000
+    hidden2: int = 2000
+    n_classes: int = 5
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("in_features", "hidden1", "hidden2", "n_classes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"MLPConfig.{name} must be a positive int, got {value!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
+            raise ValueError(f"MLPConfig.dropout must be a float, got {self.dropout!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"MLPConfig.dropout must be in [0, 1), got {self.dropout!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict of the fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MLPConfig:
+        """Build a config from :meth:`to_dict` output.
+
+        Raises:
+            ValueError: ``d`` is not a dict, has unknown keys, or holds bad values.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"MLPConfig must be a JSON object, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown MLPConfig keys: {sorted(unknown)}")
+        try:
+            return cls(**d)
+        except TypeError as exc:  # pragma: no cover - guarded by the key check above
+            raise ValueError(str(exc)) from exc
+
+
+class MLP(nn.Module):
+    """Three-layer perceptron from the seed notebook.
+
+    Args:
+        config: architecture; defaults give 2,797,005 parameters with 5 classes.
+    """
+
+    def __init__(self, config: MLPConfig | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else MLPConfig()
+        c = self.config
+        self.linear1 = nn.Linear(c.in_features, c.hidden1)
+        self.linear2 = nn.Linear(c.hidden1, c.hidden2)
+        self.linear3 = nn.Linear(c.hidden2, c.n_classes)
+        self.relu = nn.ReLU()
+        self.dropout = nn.Dropout(c.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map images to logits.
+
+        Args:
+            x: float32 (B, 784) normalised pixels, or (B, 1, 28, 28) which is flattened.
+
+        Returns:
+            float32 logits (B, n_classes).
+        """
+        x = x.reshape(x.shape[0], -1)
+        x = self.dropout(self.relu(self.linear1(x)))
+        x = self.dropout(self.relu(self.linear2(x)))
+        return self.linear3(x)
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of scalar parameters in ``module`` (only ``requires_grad`` ones if asked)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def linear_shapes(config: MLPConfig) -> dict[str, tuple[int, int]]:
+    """``(in_features, out_features)`` of each of ``LINEAR_NAMES`` for ``config``."""
+    return {
+        "linear1": (config.in_features, config.hidden1),
+        "linear2": (config.hidden1, config.hidden2),
+        "linear3": (config.hidden2, config.n_classes),
+    }

@@ -1,0 +1,272 @@
+"""One training loop for pre-training, full fine-tuning and LoRA fine-tuning.
+
+The loop trains whatever parameters have ``requires_grad`` (everything for pre-training
+and full fine-tuning; only ``lora_A``/``lora_B`` after ``inject_lora``) with Adam. Splits
+are preloaded tensors on the training device, batched by index from a ``torch.randperm``
+drawn from a seeded ``torch.Generator``: no DataLoader, no per-sample work. The loss is
+accumulated on the device so a step never waits for the host. Evaluation runs under
+``torch.inference_mode`` in large batches. On CPU a given seed gives bit-identical
+results, also across a checkpoint/resume.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.checkpoint import load_training_state, read_training_meta, save_training_state
+from models.data import DigitSplits
+
+EVAL_BATCH_SIZE = 8192
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings.
+
+    Attributes:
+        epochs: passes over the train split, >= 0.
+        lr: Adam learning rate, > 0.
+        weight_decay: Adam (L2) weight decay, >= 0.
+        batch_size: samples per step, >= 1 (the last batch of an epoch may be smaller).
+        seed: seeds parameter-independent randomness: shuffling and dropout.
+    """
+
+    epochs: int = 30
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1:
+            raise ValueError("epochs must be >= 0 and batch_size >= 1")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ValueError("lr must be > 0 and weight_decay >= 0")
+
+
+@dataclass
+class EpochMetrics:
+    """Figures for one finished epoch (1-based ``epoch``).
+
+    ``train_loss``/``val_loss``: mean cross-entropy (nats); ``val_accuracy`` in [0, 1];
+    ``epoch_seconds``: wall time of the epoch including validation; ``samples_per_second``:
+    train samples / epoch_seconds.
+    """
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    epoch_seconds: float
+    samples_per_second: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-ready)."""
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`. Test fields are None when the run was cancelled.
+
+    ``per_digit_errors`` maps each digit (not head index) to its misclassified test
+    samples; ``train_seconds`` is the wall time of this call.
+    """
+
+    epochs_completed: int
+    cancelled: bool
+    test_accuracy: float | None
+    test_loss: float | None
+    per_digit_errors: dict[int, int] | None
+    history: list[EpochMetrics] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+def pick_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Adam:
+    """Adam over the parameters that require grad.
+
+    Raises:
+        ValueError: nothing to train.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[float, bool]:
+    """One shuffled pass over ``x`` (N, 784) / ``y`` (N,) on their device.
+
+    ``should_stop`` is polled before every step.
+
+    Returns:
+        (mean train loss over the samples seen, stopped early). NaN if no step ran.
+    """
+    model.train()
+    n = x.shape[0]
+    perm = torch.randperm(n, generator=generator).to(x.device, non_blocking=True)
+    total = torch.zeros((), device=x.device)
+    seen = 0
+    for start in range(0, n, batch_size):
+        if should_stop is not None and should_stop():
+            return (total.item() / seen if seen else float("nan")), True
+        idx = perm[start : start + batch_size]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * idx.shape[0]
+        seen += idx.shape[0]
+    return (total.item() / seen if seen else float("nan")), False
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE
+) -> tuple[float, float, torch.Tensor]:
+    """Eval-mode pass over ``x`` (N, 784) / ``y`` (N,); restores the previous mode.
+
+    Returns:
+        (mean cross-entropy, accuracy in [0, 1], predicted head indices int64 (N,) on CPU).
+        Loss and accuracy are NaN for an empty split.
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
+    preds = []
+    for start in range(0, x.shape[0], batch_size):
+        logits = model(x[start : start + batch_size])
+        loss_sum += F.cross_entropy(logits, y[start : start + batch_size], reduction="sum").double()
+        preds.append(logits.argmax(dim=1))
+    model.train(was_training)
+    n = x.shape[0]
+    if n == 0:
+        return float("nan"), float("nan"), torch.zeros(0, dtype=torch.int64)
+    pred = torch.cat(preds)
+    accuracy = (pred == y).double().mean().item()
+    return loss_sum.item() / n, accuracy, pred.cpu()
+
+
+def per_digit_errors(classes: tuple[int, ...], pred: torch.Tensor, target: torch.Tensor) -> dict[int, int]:
+    """Misclassified samples per true digit (every digit of ``classes`` present, maybe 0)."""
+    wrong = target.cpu()[pred.cpu() != target.cpu()]
+    counts = torch.bincount(wrong, minlength=len(classes))
+    return {digit: int(counts[i]) for i, digit in enumerate(classes)}
+
+
+def train(
+    model: nn.Module,
+    splits: DigitSplits,
+    config: TrainConfig,
+    *,
+    on_epoch: Callable[[EpochMetrics], bool | None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    checkpoint_path: str | Path | None = None,
+    device: torch.device | str | None = None,
+) -> TrainResult:
+    """Train every parameter of ``model`` that requires grad with Adam, then test.
+
+    ``model`` is moved to ``device`` (default :func:`pick_device`) and trained in place.
+    Seeds the global torch RNG with ``config.seed`` (dropout) unless resuming.
+
+    Args:
+        model: an MLP, possibly with LoRA injected (then only the adapter trains).
+        splits: preloaded data; labels index ``splits.classes``.
+        config: optimisation settings.
+        on_epoch: called after each finished epoch (after its checkpoint is written);
+            returning True stops the run as cancelled.
+        should_stop: polled before every step; True cancels the run (the checkpoint keeps
+            the last finished epoch).
+        checkpoint_path: resume from this file when it exists; rewritten atomically after
+            every epoch. History of earlier epochs is restored from it.
+        device: where to train.
+
+    Returns:
+        A :class:`TrainResult`; test fields are None when cancelled.
+
+    Raises:
+        ValueError: no trainable parameters or an empty train split.
+        CheckpointError: ``checkpoint_path`` exists but does not fit this model/optimizer.
+    """
+    started = time.perf_counter()
+    device = torch.device(device) if device is not None else pick_device()
+    if splits.train_x.shape[0] == 0:
+        raise ValueError("empty train split")
+    model.to(device)
+    data = splits.to(device)
+    optimizer = make_optimizer(model, config)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    history: list[EpochMetrics] = []
+    start_epoch = 0
+    if checkpoint_path is not None:
+        resumed = load_training_state(checkpoint_path, model, optimizer, generators={"shuffle": shuffle})
+        if resumed is not None:
+            start_epoch = resumed
+            meta = read_training_meta(checkpoint_path) or {}
+            history = [EpochMetrics(**h) for h in meta.get("extra", {}).get("history", [])]
+
+    n_train = data.train_x.shape[0]
+    cancelled = False
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        t0 = time.perf_counter()
+        train_loss, stopped = train_one_epoch(
+            model, optimizer, data.train_x, data.train_y, config.batch_size, shuffle, should_stop
+        )
+        if stopped:
+            cancelled = True
+            break
+        val_loss, val_accuracy, _ = evaluate(model, data.val_x, data.val_y)
+        seconds = time.perf_counter() - t0
+        metrics = EpochMetrics(epoch, train_loss, val_loss, val_accuracy, seconds, n_train / seconds)
+        history.append(metrics)
+        if checkpoint_path is not None:
+            save_training_state(
+                checkpoint_path,
+                model,
+                optimizer,
+                epoch,
+                extra={"history": [h.as_dict() for h in history], "train_config": asdict(config)},
+                generators={"shuffle": shuffle},
+            )
+        if on_epoch is not None and on_epoch(metrics):
+            cancelled = True
+            break
+
+    epochs_completed = history[-1].epoch if history else start_epoch
+    if cancelled:
+        return TrainResult(
+            epochs_completed, True, None, None, None, history, time.perf_counter() - started
+        )
+    test_loss, test_accuracy, pred = evaluate(model, data.test_x, data.test_y)
+    return TrainResult(
+        epochs_completed=epochs_completed,
+        cancelled=False,
+        test_accuracy=test_accuracy,
+        test_loss=test_loss,
+        per_digit_errors=per_digit_errors(splits.classes, pred, splits.test_y),
+        history=history,
+        train_seconds=time.perf_counter() - started,
+    )
