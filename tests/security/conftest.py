@@ -61,9 +61,9 @@ class LiveServer:
 
 
 @pytest.fixture
-def live_server(make_app) -> Callable[..., LiveServer]:
-    """``live_server(**overrides)`` -> a context manager running the app over real HTTP."""
-    return lambda **overrides: LiveServer(make_app(**overrides))
+def live_server() -> type[LiveServer]:
+    """``live_server(app)`` -> a context manager running ``app`` over real HTTP."""
+    return LiveServer
 
 
 @pytest.fixture
@@ -75,17 +75,3 @@ def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(d))
     return d
-
-
-def open_files_under(directory: Path) -> list[str]:
-    """Paths of this process's open file descriptors that live under ``directory``."""
-    found = []
-    prefix = str(directory)
-    for fd in Path("/proc/self/fd").iterdir():
-        try:
-            target = fd.readlink()
-        except OSError:
-            continue
-        if str(target).startswith(prefix):
-            found.append(str(target))
-    return found
