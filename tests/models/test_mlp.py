@@ -1,0 +1,36 @@
+"""The classifier and its config."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.classifier import LINEAR_NAMES, MLP, MLPConfig, count_parameters
+
+
+def test_default_mlp_has_seed_parameter_count():
+    model = MLP(MLPConfig())
+    assert count_parameters(model) == 2_797_005
+    assert count_parameters(model, trainable_only=True) == 2_797_005
+    assert [type(getattr(model, n)).__name__ for n in LINEAR_NAMES] == ["Linear"] * 3
+
+
+def test_forward_accepts_flat_and_image_batches(small_model):
+    x = torch.randn(4, 1, 28, 28)
+    flat = small_model(x.reshape(4, 784))
+    assert flat.shape == (4, 3)
+    torch.testing.assert_close(small_model(x), flat)
+
+
+def test_config_round_trip():
+    cfg = MLPConfig(hidden1=10, hidden2=20, n_classes=4, dropout=0.1)
+    assert MLPConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"n_classes": 0}, {"dropout": 1.0}, {"hidden1": 2.5}, {"colour": "red"}, {"n_classes": True}],
+)
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError):
+        MLPConfig.from_dict({**MLPConfig().to_dict(), **bad})
