@@ -1,5 +1,58 @@
-"""Placeholder router: replaced by its owner."""
+"""``GET /health``: is the database reachable and migrated, is the broker reachable."""
+
+from __future__ import annotations
+
+import logging
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
-router = APIRouter()
+from service.api.deps import SettingsDep
+from service.config import Settings
+from service.db.session import get_engine, require_migrated
+from service.errors import ErrorResponse, error_response
+
+router = APIRouter(tags=["health"])
+log = logging.getLogger(__name__)
+BROKER_TIMEOUT_SECONDS = 2.0
+
+
+class HealthOut(BaseModel):
+    """Every check passed."""
+
+    status: str = Field(description='"ok".')
+    database: str = Field(description='"ok".')
+    broker: str = Field(description='"ok".')
+
+
+def check_database(settings: Settings) -> str | None:
+    """None when the database answers and is at the Alembic head, else what is wrong."""
+    try:
+        require_migrated(get_engine(settings.database_url))
+    except Exception as exc:  # any driver error means "unreachable"
+        return f"database: {exc}"
+    return None
+
+
+def check_broker(settings: Settings) -> str | None:
+    """None when a broker connection opens within ~2 s, else what is wrong."""
+    from worker.celery_app import get_celery
+
+    try:
+        with get_celery(settings).connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT_SECONDS)
+            conn.default_channel  # noqa: B018 (opens the channel: SQL transport connects here)
+    except Exception as exc:  # transport-specific errors
+        return f"broker: {exc}"
+    return None
+
+
+@router.get("/health", response_model=HealthOut, responses={503: {"model": ErrorResponse}})
+def health(settings: SettingsDep) -> HealthOut | JSONResponse:
+    """200 when the database (migrated) and the broker are reachable; 503 otherwise."""
+    problems = [p for p in (check_database(settings), check_broker(settings)) if p]
+    if problems:
+        log.warning("health check failed: %s", "; ".join(problems))
+        return error_response(503, "unhealthy", "; ".join(problems))
+    return HealthOut(status="ok", database="ok", broker="ok")

@@ -1,5 +1,115 @@
-"""Placeholder router: replaced by its owner."""
+"""``/jobs``: submit, list, read, cancel training jobs and read their metrics."""
 
-from fastapi import APIRouter
+from __future__ import annotations
 
-router = APIRouter()
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, Query, Response
+from fastapi.responses import PlainTextResponse
+
+from service.api.deps import SessionDep, SettingsDep
+from service.api.pagination import PageDep
+from service.db import registry
+from service.errors import ErrorResponse, not_found
+from service.job_service import cancel_job, submit_job
+from service.responses import JobOut, MetricsOut, Page, job_out, metrics_csv, metrics_out
+from service.schemas import JobCreate, JobKind, JobStatus
+from worker.celery_app import enqueue_job
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+NOT_FOUND = {404: {"model": ErrorResponse, "description": "Unknown job id."}}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    responses={
+        404: {"model": ErrorResponse, "description": "Unknown base model."},
+        503: {"model": ErrorResponse, "description": "Broker unreachable."},
+    },
+)
+def create_job(
+    body: Annotated[JobCreate, Body()],
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> JobOut:
+    """Submit a training job; answers 202 with the queued job and a ``Location`` header."""
+    request = body.root
+    job = submit_job(
+        session,
+        settings,
+        kind=request.kind,
+        config=request.config,
+        base_model_id=request.base_model_id,
+        enqueue=enqueue_job,
+    )
+    response.headers["Location"] = f"/jobs/{job.id}"
+    return job_out(job)
+
+
+@router.get("", response_model=Page[JobOut])
+def list_jobs(
+    session: SessionDep,
+    page: PageDep,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+    kind: Annotated[JobKind | None, Query(description="Only jobs of this kind.")] = None,
+) -> Page[JobOut]:
+    """List jobs, newest first."""
+    items, total = registry.list_jobs(
+        session, status=status, kind=kind, limit=page.limit, offset=page.offset
+    )
+    return Page[JobOut](
+        items=[job_out(j) for j in items], total=total, limit=page.limit, offset=page.offset
+    )
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
+def read_job(job_id: str, session: SessionDep) -> JobOut:
+    """One job: status, config with defaults, times, progress, result or error."""
+    job = registry.get_job(session, job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    return job_out(job)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobOut,
+    responses={
+        **NOT_FOUND,
+        202: {"model": JobOut, "description": "Running: it stops at its next training step."},
+        409: {"model": ErrorResponse, "description": "The job already succeeded or failed."},
+    },
+)
+def cancel(job_id: str, response: Response, session: SessionDep) -> JobOut:
+    """Cancel a job: 200 when it is ``cancelled`` now (it was queued), 202 when running."""
+    job = cancel_job(session, job_id)
+    if job.status == "running":
+        response.status_code = 202
+    return job_out(job)
+
+
+@router.get(
+    "/{job_id}/metrics",
+    response_model=MetricsOut,
+    responses={**NOT_FOUND, 200: {"content": {"text/csv": {}}}},
+)
+def read_metrics(
+    job_id: str,
+    session: SessionDep,
+    format: Annotated[Literal["json", "csv"], Query(description="json or csv.")] = "json",
+) -> MetricsOut | PlainTextResponse:
+    """Per-epoch metrics (readable while the job runs) and the final test metrics."""
+    job = registry.get_job(session, job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    metrics = metrics_out(job, registry.job_metrics(session, job_id))
+    if format == "csv":
+        return PlainTextResponse(
+            metrics_csv(metrics),
+            media_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{job_id}-metrics.csv"'},
+        )
+    return metrics

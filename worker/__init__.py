@@ -1,0 +1,1 @@
+"""Celery worker: the app (``celery_app``), the thin task (``tasks``) and the job runner."""
