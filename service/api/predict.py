@@ -1,5 +1,288 @@
-"""Placeholder router: replaced by its owner."""
+"""``POST /predict``: digits from images with a base model and an optional LoRA adapter.
 
-from fastapi import APIRouter
+Two request forms (see the OpenAPI ``requestBody``):
 
-router = APIRouter()
+- ``multipart/form-data``: field ``file`` (repeat it for several images; PNG, JPEG, GIF,
+  BMP or WebP, any size and mode), optional text fields ``model_id`` and ``adapter_id``.
+- ``application/json``: ``{"pixels": [[...28 values 0-255...] x 28], "model_id": ...,
+  "adapter_id": ...}``; ``pixels`` may also be a list of such arrays.
+
+Answer: one image (one ``file``, or a single 28 x 28 ``pixels``) gives one
+:class:`PredictionOut` object; several (repeated ``file``, or a list of arrays, even of
+length one) give ``{"predictions": [...]}`` in request order.
+
+Also ``GET /predict/ping`` (a constant: the benchmark's HTTP ceiling) and
+``GET /predict/stats`` (adapter cache and micro-batching counters).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.config import Settings
+from service.errors import ApiError
+from service.images import decode_upload, pixels_to_images, to_model_input
+from service.predictor import Predictor
+
+router = APIRouter(prefix="/predict", tags=["predict"])
+
+MAX_JSON_IMAGES = 256  # schema bound; settings.predict_max_images is the effective limit
+_FORM_FIELDS = {"file", "model_id", "adapter_id"}
+
+Pixel = Annotated[float, Field(ge=0, le=255, allow_inf_nan=False)]
+Row = Annotated[list[Pixel], Field(min_length=28, max_length=28)]
+Image28 = Annotated[list[Row], Field(min_length=28, max_length=28)]
+
+
+class PredictRequest(BaseModel):
+    """JSON body of ``POST /predict``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pixels: Image28 | Annotated[list[Image28], Field(min_length=1, max_length=MAX_JSON_IMAGES)] = (
+        Field(
+            description="One 28 x 28 grayscale image (rows of 28 values in [0, 255], light "
+            "digit on dark like MNIST; dark-on-light is inverted), or a list of them."
+        )
+    )
+    model_id: str | None = Field(
+        None, max_length=64, description="Base model (default: the newest pre-trained one)."
+    )
+    adapter_id: str | None = Field(
+        None, max_length=64, description="LoRA adapter of that base model (default: none)."
+    )
+
+
+class PredictionOut(BaseModel):
+    """One image's answer: the digit and every class probability of the head used."""
+
+    digit: int = Field(description="The most probable digit.")
+    probabilities: dict[str, float] = Field(
+        description="Digit (as a string) -> probability, over the classes of the model "
+        "(or of the adapter when one is used)."
+    )
+    model_id: str
+    adapter_id: str | None
+
+
+class PredictionBatchOut(BaseModel):
+    """Answers for several images, in request order."""
+
+    predictions: list[PredictionOut]
+
+
+class PingOut(BaseModel):
+    """The constant answer of ``GET /predict/ping``."""
+
+    ok: bool = True
+
+
+class CacheStatsOut(BaseModel):
+    """Adapter LRU cache counters; latencies in milliseconds."""
+
+    capacity: int
+    resident: list[str]
+    hits: int
+    misses: int
+    loads: int
+    load_failures: int
+    evictions: int
+    peak_resident: int
+    last_load_ms: float | None
+    max_load_ms: float | None
+    total_load_ms: float
+
+
+class PredictorStatsOut(BaseModel):
+    """Predictor counters since start-up; latencies in milliseconds."""
+
+    adapter_cache: CacheStatsOut
+    models_loaded: list[str]
+    batches: int
+    samples: int
+    mean_batch: float
+    largest_batch: int
+    forward_passes: int
+    mean_forward_ms: float
+    window_ms: float
+    max_batch: int
+
+
+_MULTIPART_SCHEMA = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "An image (PNG, JPEG, GIF, BMP, WebP). Repeat the field for "
+            "several images.",
+        },
+        "model_id": {"type": "string", "maxLength": 64},
+        "adapter_id": {"type": "string", "maxLength": 64},
+    },
+}
+_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+            "application/json": {"schema": PredictRequest.model_json_schema()},
+        },
+    }
+}
+
+
+async def get_predictor(request: Request) -> Predictor:
+    """The app's predictor, created on first use (``app.state.predictor``)."""
+    predictor: Predictor | None = getattr(request.app.state, "predictor", None)
+    if predictor is None or predictor.closed:
+        predictor = Predictor(request.app.state.settings)
+        request.app.state.predictor = predictor
+    return predictor
+
+
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+
+
+@router.post(
+    "",
+    response_model=PredictionOut | PredictionBatchOut,
+    summary="Predict digits with a base model and an optional LoRA adapter",
+    openapi_extra=_REQUEST_BODY,
+    responses={409: {"description": "The adapter belongs to another base model."}},
+)
+async def predict(request: Request, predictor: PredictorDep) -> dict[str, Any]:
+    """Predict the digit of one or several images (multipart ``file`` or JSON ``pixels``)."""
+    settings: Settings = request.app.state.settings
+    images, model_id, adapter_id, batch = await read_predict_request(request, settings)
+    predictions = await predictor.predict(to_model_input(images), model_id, adapter_id)
+    if batch:
+        return {"predictions": [p.__dict__ for p in predictions]}
+    return predictions[0].__dict__
+
+
+@router.get("/ping", response_model=PingOut, summary="Constant answer (HTTP ceiling)")
+async def ping() -> dict[str, bool]:
+    """Answer a constant without touching the predictor (benchmark baseline)."""
+    return {"ok": True}
+
+
+@router.get("/stats", response_model=PredictorStatsOut, summary="Predictor counters")
+async def stats(predictor: PredictorDep) -> dict[str, Any]:
+    """Adapter cache (resident ids, hits, loads, evictions, load ms) and batching counters."""
+    return predictor.stats()
+
+
+async def read_predict_request(
+    request: Request, settings: Settings
+) -> tuple[np.ndarray, str | None, str | None, bool]:
+    """Parse either request form.
+
+    Returns:
+        ``(images uint8 (N, 28, 28), model_id, adapter_id, batch)``; ``batch`` says whether
+        the answer uses the ``{"predictions": [...]}`` envelope.
+
+    Raises:
+        ApiError: 415 for another content type; 422 for a bad body (see the readers).
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json" or content_type.endswith("+json"):
+        return await _read_json(request, settings)
+    if content_type == "multipart/form-data":
+        return await _read_multipart(request, settings)
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        "Send multipart/form-data with a `file` field, or application/json with `pixels`.",
+    )
+
+
+async def _read_json(
+    request: Request, settings: Settings
+) -> tuple[np.ndarray, str | None, str | None, bool]:
+    try:
+        body = PredictRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        if any(e["loc"] and e["loc"][0] == "pixels" for e in errors):
+            raise ApiError(
+                422,
+                "invalid_pixels",
+                "pixels must be a 28 x 28 array of numbers in [0, 255], or a list of 1 to "
+                f"{settings.predict_max_images} such arrays.",
+                "pixels",
+            ) from None
+        raise RequestValidationError(errors) from None
+    batch = isinstance(body.pixels[0][0], list)
+    images = pixels_to_images(body.pixels)
+    _check_count(images.shape[0], settings, "pixels")
+    return images, body.model_id or None, body.adapter_id or None, batch
+
+
+async def _read_multipart(
+    request: Request, settings: Settings
+) -> tuple[np.ndarray, str | None, str | None, bool]:
+    try:
+        form_cm = request.form(max_files=settings.predict_max_images, max_fields=8)
+        async with form_cm as form:
+            unknown = sorted(set(form.keys()) - _FORM_FIELDS)
+            if unknown:
+                raise ApiError(
+                    422,
+                    "unknown_field",
+                    f"Unknown form field(s): {', '.join(unknown)}.",
+                    unknown[0],
+                )
+            files = form.getlist("file")
+            if not files:
+                raise ApiError(422, "missing_file", "The form has no `file` field.", "file")
+            if not all(isinstance(f, UploadFile) for f in files):
+                raise ApiError(422, "missing_file", "`file` must be a file upload.", "file")
+            _check_count(len(files), settings, "file")
+            blobs = [await f.read() for f in files]  # type: ignore[union-attr]
+            model_id = _text_field(form.get("model_id"), "model_id")
+            adapter_id = _text_field(form.get("adapter_id"), "adapter_id")
+    except StarletteHTTPException as exc:  # malformed multipart, too many files or fields
+        raise ApiError(exc.status_code, "invalid_multipart", str(exc.detail)) from None
+    images = await anyio.to_thread.run_sync(_decode_all, blobs, settings.max_image_pixels)
+    return images, model_id, adapter_id, len(blobs) > 1
+
+
+def _decode_all(blobs: list[bytes], max_pixels: int) -> np.ndarray:
+    """Decode every upload (worker thread); errors name the field, e.g. ``file.2``."""
+    names = ["file"] if len(blobs) == 1 else [f"file.{i}" for i in range(len(blobs))]
+    return np.stack(
+        [
+            decode_upload(b, max_pixels=max_pixels, param=n)
+            for b, n in zip(blobs, names, strict=True)
+        ]
+    )
+
+
+def _text_field(value: object, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise ApiError(
+            422, "validation_error", f"{name} must be a string of at most 64 chars.", name
+        )
+    return value.strip() or None
+
+
+def _check_count(n: int, settings: Settings, param: str) -> None:
+    if n > settings.predict_max_images:
+        raise ApiError(
+            422,
+            "too_many_images",
+            f"{n} images in one request; the limit is {settings.predict_max_images}.",
+            param,
+        )
