@@ -69,3 +69,25 @@ def fake_mnist_dir(tmp_path: Path) -> Path:
         _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
         _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
     return tmp_path
+
+
+@pytest.fixture
+def real_mnist() -> Path:
+    """The real MNIST root; skips the test (with the path) when the raw files are absent."""
+    root = real_mnist_dir()
+    if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        pytest.skip(f"MNIST raw files not found under {root / 'MNIST' / 'raw'} (set DATA_DIR)")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Run each models test on one intra-op thread (restored afterwards).
+
+    On a small shared machine, two OpenMP threads contending with other processes made
+    steps several times slower than one thread; one thread keeps the suite's time steady.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
