@@ -61,7 +61,9 @@ def save_adapter(
     for module in adapter.config.target_modules:
         tensors[adapter_key(module, "A")] = adapter.A[module].detach().to("cpu").contiguous()
         tensors[adapter_key(module, "B")] = adapter.B[module].detach().to("cpu").contiguous()
-    text = json.dumps(adapter.config.to_peft_dict(base_model_name_or_path), indent=2, sort_keys=True)
+    text = json.dumps(
+        adapter.config.to_peft_dict(base_model_name_or_path), indent=2, sort_keys=True
+    )
 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
@@ -92,12 +94,16 @@ def _check_tensor(key: str, t: torch.Tensor, shape: tuple[int, int]) -> None:
     if t.dtype != torch.float32:
         raise AdapterError("adapter_dtype", f"{key} is {t.dtype}, the base model is torch.float32")
     if tuple(t.shape) != shape:
-        raise AdapterError("adapter_shape_mismatch", f"{key} has shape {tuple(t.shape)}, expected {shape}")
+        raise AdapterError(
+            "adapter_shape_mismatch", f"{key} has shape {tuple(t.shape)}, expected {shape}"
+        )
     if not torch.isfinite(t).all():
         raise AdapterError("adapter_non_finite", f"{key} has NaN or infinite values")
 
 
-def load_adapter(directory: str | Path, base_config: MLPConfig, max_bytes: int | None = None) -> AdapterWeights:
+def load_adapter(
+    directory: str | Path, base_config: MLPConfig, max_bytes: int | None = None
+) -> AdapterWeights:
     """Read and validate an adapter directory (ours or one ``peft`` wrote) for a base model.
 
     Checks, in order: both files exist (``adapter_model.bin`` pickles are not read); the
@@ -120,18 +126,23 @@ def load_adapter(directory: str | Path, base_config: MLPConfig, max_bytes: int |
     weights_path = directory / WEIGHTS_NAME
     if not weights_path.is_file() and (directory / "adapter_model.bin").exists():
         raise AdapterError(
-            "adapter_missing_file", "only adapter_model.safetensors is accepted (adapter_model.bin is a pickle)"
+            "adapter_missing_file",
+            "only adapter_model.safetensors is accepted (adapter_model.bin is a pickle)",
         )
     blob = _read_limited(weights_path, max_bytes, WEIGHTS_NAME)
     try:
         tensors = load(blob)
     except Exception as exc:  # safetensors raises its own error types on malformed input
-        raise AdapterError("invalid_adapter_file", f"{WEIGHTS_NAME} is not a safetensors file: {exc}") from exc
+        raise AdapterError(
+            "invalid_adapter_file", f"{WEIGHTS_NAME} is not a safetensors file: {exc}"
+        ) from exc
 
     expected = {adapter_key(m, w) for m in config.target_modules for w in "AB"}
     unexpected = sorted(set(tensors) - expected)
     if unexpected:
-        raise AdapterError("adapter_unexpected_key", f"unexpected keys {unexpected}; expected {sorted(expected)}")
+        raise AdapterError(
+            "adapter_unexpected_key", f"unexpected keys {unexpected}; expected {sorted(expected)}"
+        )
     missing = sorted(expected - set(tensors))
     if missing:
         raise AdapterError("adapter_missing_key", f"missing keys {missing}")

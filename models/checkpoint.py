@@ -158,12 +158,15 @@ def _load_state(model: nn.Module, tensors: Mapping[str, torch.Tensor], where: st
     expected = model.state_dict()
     if set(tensors) != set(expected):
         missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
-        raise CheckpointError(f"{where}: missing keys {sorted(missing)}, unexpected {sorted(unexpected)}")
+        raise CheckpointError(
+            f"{where}: missing keys {sorted(missing)}, unexpected {sorted(unexpected)}"
+        )
     for key, ref in expected.items():
         t = tensors[key]
         if t.shape != ref.shape or t.dtype != ref.dtype:
             raise CheckpointError(
-                f"{where}: {key} is {t.dtype} {tuple(t.shape)}, expected {ref.dtype} {tuple(ref.shape)}"
+                f"{where}: {key} is {t.dtype} {tuple(t.shape)}, "
+                f"expected {ref.dtype} {tuple(ref.shape)}"
             )
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise CheckpointError(f"{where}: {key} has non-finite values")
@@ -189,11 +192,17 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     if len(classes) != config.n_classes:
         raise CheckpointError(f"{len(classes)} classes for a head of {config.n_classes}")
     parent_id = meta_raw.get("parent_id")
-    extra = {k: v for k, v in meta_raw.items() if k not in ("architecture", "config", "classes", "parent_id")}
+    extra = {
+        k: v
+        for k, v in meta_raw.items()
+        if k not in ("architecture", "config", "classes", "parent_id")
+    }
     try:
         tensors = load_file(str(directory / MODEL_FILE), device="cpu")
     except Exception as exc:  # safetensors raises its own error types on malformed files
-        raise CheckpointError(f"cannot read {directory / MODEL_FILE} as safetensors: {exc}") from exc
+        raise CheckpointError(
+            f"cannot read {directory / MODEL_FILE} as safetensors: {exc}"
+        ) from exc
     model = MLP(config)
     _load_state(model, tensors, str(directory / MODEL_FILE))
     model.to(device).eval()
@@ -203,7 +212,9 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
 # --- resumable training state -------------------------------------------------------------
 
 
-def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _optimizer_to_flat(
+    optimizer: torch.optim.Optimizer,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split ``optimizer.state_dict()`` into tensors and a JSON-ready remainder."""
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -219,7 +230,9 @@ def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": sd["param_groups"], "state": plain_state}
 
 
-def _optimizer_from_flat(tensors: Mapping[str, torch.Tensor], doc: Mapping[str, Any]) -> dict[str, Any]:
+def _optimizer_from_flat(
+    tensors: Mapping[str, torch.Tensor], doc: Mapping[str, Any]
+) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {
         int(idx): dict(plain) for idx, plain in doc.get("state", {}).items()
     }
@@ -336,7 +349,9 @@ def load_training_state(
             raise CheckpointError(f"{path}: no state for generator {name!r}")
         generators[name].set_state(tensors[f"gen.{name}"])  # type: ignore[index]
     torch.set_rng_state(tensors["rng.cpu"])
-    cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(len(tensors)) if f"rng.cuda.{i}" in tensors]
+    cuda_states = [
+        tensors[f"rng.cuda.{i}"] for i in range(len(tensors)) if f"rng.cuda.{i}" in tensors
+    ]
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
     return int(doc["epoch"])

@@ -64,7 +64,9 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
         ValueError: ``images`` is not a uint8 tensor with 3 dimensions.
     """
     if images.dtype != torch.uint8 or images.dim() != 3:
-        raise ValueError(f"expected uint8 (N, 28, 28) images, got {images.dtype} {tuple(images.shape)}")
+        raise ValueError(
+            f"expected uint8 (N, 28, 28) images, got {images.dtype} {tuple(images.shape)}"
+        )
     x = images.reshape(images.shape[0], -1).to(torch.float32).div_(255.0)
     return x.sub_(MNIST_MEAN).div_(MNIST_STD)
 

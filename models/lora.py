@@ -83,7 +83,8 @@ class LoraConfig:
         unknown = [t for t in targets if t not in LINEAR_NAMES]
         if unknown or not targets:
             raise ValueError(
-                f"target_modules must be a non-empty subset of {list(LINEAR_NAMES)}, got {list(targets)!r}"
+                f"target_modules must be a non-empty subset of {list(LINEAR_NAMES)}, "
+                f"got {list(targets)!r}"
             )
         self.target_modules = tuple(name for name in LINEAR_NAMES if name in set(targets))
 
@@ -94,7 +95,9 @@ class LoraConfig:
 
     def to_peft_dict(self, base_model_name_or_path: str | None = None) -> dict[str, Any]:
         """Content of ``adapter_config.json`` as ``peft.LoraConfig.from_pretrained`` reads it."""
-        alpha: float | int = int(self.lora_alpha) if self.lora_alpha.is_integer() else self.lora_alpha
+        alpha: float | int = (
+            int(self.lora_alpha) if self.lora_alpha.is_integer() else self.lora_alpha
+        )
         return {
             "peft_type": "LORA",
             "task_type": None,
@@ -136,7 +139,9 @@ class LoraConfig:
         if d.get("bias", "none") != "none":
             raise ValueError(f"bias must be 'none', got {d.get('bias')!r}")
         if d.get("task_type") is not None:
-            raise ValueError(f"task_type must be null for this classifier, got {d.get('task_type')!r}")
+            raise ValueError(
+                f"task_type must be null for this classifier, got {d.get('task_type')!r}"
+            )
         for key in _UNSUPPORTED_WHEN_SET:
             if d.get(key):
                 raise ValueError(f"unsupported adapter option {key}={d[key]!r}")
@@ -187,9 +192,15 @@ class LoraLinear(nn.Module):
         self.use_rslora = use_rslora
         self.scaling = lora_alpha / (math.sqrt(r) if use_rslora else r)
         w = base_layer.weight
-        self.lora_A = nn.Linear(base_layer.in_features, r, bias=False, device=w.device, dtype=w.dtype)
-        self.lora_B = nn.Linear(r, base_layer.out_features, bias=False, device=w.device, dtype=w.dtype)
-        self.lora_dropout: nn.Module = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
+        self.lora_A = nn.Linear(
+            base_layer.in_features, r, bias=False, device=w.device, dtype=w.dtype
+        )
+        self.lora_B = nn.Linear(
+            r, base_layer.out_features, bias=False, device=w.device, dtype=w.dtype
+        )
+        self.lora_dropout: nn.Module = (
+            nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
+        )
         self.merged = False
         for p in self.base_layer.parameters():
             p.requires_grad_(False)
@@ -227,7 +238,9 @@ class LoraLinear(nn.Module):
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
     """The model's LoRA-wrapped linears by attribute name (empty for a plain MLP)."""
-    return {name: m for name in LINEAR_NAMES if isinstance(m := getattr(model, name, None), LoraLinear)}
+    return {
+        name: m for name in LINEAR_NAMES if isinstance(m := getattr(model, name, None), LoraLinear)
+    }
 
 
 def inject_lora(model: MLP, config: LoraConfig) -> MLP:
@@ -353,7 +366,9 @@ def apply_adapter(model: MLP, adapter: AdapterWeights) -> MLP:
         for name, layer in lora_layers(model).items():
             for mod, src in ((layer.lora_A, adapter.A[name]), (layer.lora_B, adapter.B[name])):
                 if mod.weight.shape != src.shape:
-                    raise ValueError(f"{name}: shape {tuple(src.shape)} != {tuple(mod.weight.shape)}")
+                    raise ValueError(
+                        f"{name}: shape {tuple(src.shape)} != {tuple(mod.weight.shape)}"
+                    )
                 mod.weight.copy_(src)
     return model
 

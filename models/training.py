@@ -168,7 +168,9 @@ def evaluate(
     return loss_sum.item() / n, accuracy, pred.cpu()
 
 
-def per_digit_errors(classes: tuple[int, ...], pred: torch.Tensor, target: torch.Tensor) -> dict[int, int]:
+def per_digit_errors(
+    classes: tuple[int, ...], pred: torch.Tensor, target: torch.Tensor
+) -> dict[int, int]:
     """Misclassified samples per true digit (every digit of ``classes`` present, maybe 0)."""
     wrong = target.cpu()[pred.cpu() != target.cpu()]
     counts = torch.bincount(wrong, minlength=len(classes))
@@ -222,7 +224,9 @@ def train(
     history: list[EpochMetrics] = []
     start_epoch = 0
     if checkpoint_path is not None:
-        resumed = load_training_state(checkpoint_path, model, optimizer, generators={"shuffle": shuffle})
+        resumed = load_training_state(
+            checkpoint_path, model, optimizer, generators={"shuffle": shuffle}
+        )
         if resumed is not None:
             start_epoch = resumed
             meta = read_training_meta(checkpoint_path) or {}
@@ -240,7 +244,9 @@ def train(
             break
         val_loss, val_accuracy, _ = evaluate(model, data.val_x, data.val_y)
         seconds = time.perf_counter() - t0
-        metrics = EpochMetrics(epoch, train_loss, val_loss, val_accuracy, seconds, n_train / seconds)
+        metrics = EpochMetrics(
+            epoch, train_loss, val_loss, val_accuracy, seconds, n_train / seconds
+        )
         history.append(metrics)
         if checkpoint_path is not None:
             save_training_state(

@@ -32,7 +32,9 @@ def small_model(small_config: MLPConfig) -> MLP:
     return MLP(small_config).eval()
 
 
-def synthetic_splits(n_train: int = 384, n_val: int = 96, n_test: int = 96, seed: int = 0) -> DigitSplits:
+def synthetic_splits(
+    n_train: int = 384, n_val: int = 96, n_test: int = 96, seed: int = 0
+) -> DigitSplits:
     """Three linearly separable classes (digits 2, 7, 9) of 784-dim gaussian blobs."""
     gen = torch.Generator().manual_seed(seed)
     centers = torch.randn(3, 784, generator=gen) * 0.5

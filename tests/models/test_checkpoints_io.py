@@ -76,20 +76,27 @@ def test_training_state_round_trip(tmp_path, small_model):
     _trained_step(small_model, opt)
     gen = torch.Generator().manual_seed(3)
     torch.randperm(10, generator=gen)
-    save_training_state(tmp_path / "s.ckpt", small_model, opt, epoch=4, extra={"k": [1, 2]}, generators={"g": gen})
+    save_training_state(
+        tmp_path / "s.ckpt", small_model, opt, epoch=4, extra={"k": [1, 2]}, generators={"g": gen}
+    )
     expected_rng = torch.rand(3)
     expected_gen = torch.randperm(100, generator=gen)
 
     other = MLP(small_model.config)
     other_opt = torch.optim.Adam(other.parameters(), lr=5.0)
     other_gen = torch.Generator().manual_seed(99)
-    assert load_training_state(tmp_path / "s.ckpt", other, other_opt, generators={"g": other_gen}) == 4
+    assert (
+        load_training_state(tmp_path / "s.ckpt", other, other_opt, generators={"g": other_gen}) == 4
+    )
     assert torch.equal(torch.rand(3), expected_rng)
     assert torch.equal(torch.randperm(100, generator=other_gen), expected_gen)
     for a, b in zip(small_model.state_dict().values(), other.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     sd, other_sd = opt.state_dict(), other_opt.state_dict()
-    assert other_sd["param_groups"][0]["lr"] == 1e-3 and other_sd["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert other_sd["param_groups"][0]["lr"] == 1e-3 and other_sd["param_groups"][0]["betas"] == (
+        0.9,
+        0.999,
+    )
     for idx, entry in sd["state"].items():
         for key, value in entry.items():
             assert torch.equal(other_sd["state"][idx][key], value)

@@ -99,7 +99,9 @@ def test_adapter_weights_from_model_round_trip(small_model):
 def test_forward_with_adapters_mixes_per_sample(small_model):
     base_state = copy.deepcopy(small_model.state_dict())
     a1 = random_adapter(small_model, LoraConfig(r=4, lora_alpha=8), seed=1)
-    a2 = random_adapter(small_model, LoraConfig(r=2, lora_alpha=2, target_modules=("linear2",), use_rslora=True), 2)
+    a2 = random_adapter(
+        small_model, LoraConfig(r=2, lora_alpha=2, target_modules=("linear2",), use_rslora=True), 2
+    )
     x = torch.randn(7, 784)
     choice = [a1, None, a2, a1, None, a2, a2]
     mixed = forward_with_adapters(small_model, x, choice)
@@ -109,7 +111,9 @@ def test_forward_with_adapters_mixes_per_sample(small_model):
         reference = copy.deepcopy(small_model)
         if adapter is not None:
             apply_adapter(reference, adapter)
-        torch.testing.assert_close(mixed[i : i + 1], reference.eval()(x[i : i + 1]), rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            mixed[i : i + 1], reference.eval()(x[i : i + 1]), rtol=0, atol=1e-5
+        )
     for key, value in small_model.state_dict().items():
         assert torch.equal(value, base_state[key]), key
 
@@ -127,7 +131,11 @@ def test_lora_config_peft_dict_round_trip():
     config = LoraConfig(r=4, lora_alpha=8, target_modules=("linear3", "linear1"), lora_dropout=0.1)
     assert config.target_modules == ("linear1", "linear3")
     d = config.to_peft_dict("base-123")
-    assert d["peft_type"] == "LORA" and d["bias"] == "none" and d["base_model_name_or_path"] == "base-123"
+    assert (
+        d["peft_type"] == "LORA"
+        and d["bias"] == "none"
+        and d["base_model_name_or_path"] == "base-123"
+    )
     assert LoraConfig.from_peft_dict({**d, "some_future_key": 1}) == config
 
 

@@ -11,7 +11,9 @@ from models.data import MNIST_MEAN, MNIST_STD, load_digit_splits, normalize_imag
 
 def test_normalize_matches_torchvision_transforms():
     images = torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8)
-    pipeline = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))])
+    pipeline = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))]
+    )
     expected = torch.stack([pipeline(img.numpy()) for img in images]).reshape(3, 784)
     torch.testing.assert_close(normalize_images(images), expected)
 

@@ -34,11 +34,18 @@ def saved_adapter(tmp_path, small_model):
 
 def test_save_writes_peft_layout(saved_adapter):
     directory, adapter = saved_adapter
-    assert sorted(p.name for p in directory.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     tensors = load_file(directory / "adapter_model.safetensors")
-    assert set(tensors) == {f"base_model.model.{m}.lora_{w}.weight" for m in LINEAR_NAMES for w in "AB"}
+    assert set(tensors) == {
+        f"base_model.model.{m}.lora_{w}.weight" for m in LINEAR_NAMES for w in "AB"
+    }
     config = peft.LoraConfig.from_pretrained(str(directory))
-    assert config.r == 4 and config.lora_alpha == 8 and set(config.target_modules) == set(LINEAR_NAMES)
+    assert (
+        config.r == 4 and config.lora_alpha == 8 and set(config.target_modules) == set(LINEAR_NAMES)
+    )
 
 
 def test_load_round_trip(saved_adapter, small_config):
@@ -59,7 +66,9 @@ def test_peft_loads_our_adapter_with_same_logits(saved_adapter, small_model):
 
 
 @pytest.mark.parametrize("use_rslora", [False, True])
-def test_adapter_written_by_peft_loads_with_same_logits(tmp_path, small_model, small_config, use_rslora):
+def test_adapter_written_by_peft_loads_with_same_logits(
+    tmp_path, small_model, small_config, use_rslora
+):
     config = peft.LoraConfig(
         r=4, lora_alpha=8, target_modules=["linear1", "linear2", "linear3"], use_rslora=use_rslora
     )
@@ -97,14 +106,39 @@ def _rewrite_config(directory, change):
 @pytest.mark.parametrize(
     ("change", "code"),
     [
-        (lambda t: t.update({"base_model.model.linear9.lora_A.weight": torch.zeros(4, 784)}), "adapter_unexpected_key"),
+        (
+            lambda t: t.update({"base_model.model.linear9.lora_A.weight": torch.zeros(4, 784)}),
+            "adapter_unexpected_key",
+        ),
         (lambda t: t.pop(adapter_key("linear2", "B")), "adapter_missing_key"),
-        (lambda t: t.update({adapter_key("linear1", "A"): torch.zeros(4, 783)}), "adapter_shape_mismatch"),
-        (lambda t: t.update({adapter_key("linear3", "B"): torch.zeros(4, 4)}), "adapter_shape_mismatch"),
-        (lambda t: t.update({adapter_key("linear1", "A"): torch.zeros(4, 784, dtype=torch.float64)}), "adapter_dtype"),
-        (lambda t: t.update({adapter_key("linear1", "B"): torch.zeros(32, 4, dtype=torch.int64)}), "adapter_dtype"),
-        (lambda t: t[adapter_key("linear2", "A")].__setitem__((0, 0), float("nan")), "adapter_non_finite"),
-        (lambda t: t[adapter_key("linear2", "B")].__setitem__((1, 1), float("inf")), "adapter_non_finite"),
+        (
+            lambda t: t.update({adapter_key("linear1", "A"): torch.zeros(4, 783)}),
+            "adapter_shape_mismatch",
+        ),
+        (
+            lambda t: t.update({adapter_key("linear3", "B"): torch.zeros(4, 4)}),
+            "adapter_shape_mismatch",
+        ),
+        (
+            lambda t: t.update(
+                {adapter_key("linear1", "A"): torch.zeros(4, 784, dtype=torch.float64)}
+            ),
+            "adapter_dtype",
+        ),
+        (
+            lambda t: t.update(
+                {adapter_key("linear1", "B"): torch.zeros(32, 4, dtype=torch.int64)}
+            ),
+            "adapter_dtype",
+        ),
+        (
+            lambda t: t[adapter_key("linear2", "A")].__setitem__((0, 0), float("nan")),
+            "adapter_non_finite",
+        ),
+        (
+            lambda t: t[adapter_key("linear2", "B")].__setitem__((1, 1), float("inf")),
+            "adapter_non_finite",
+        ),
     ],
 )
 def test_load_rejects_bad_tensors(saved_adapter, small_config, change, code):

@@ -35,7 +35,12 @@ def test_train_reports_metrics_and_test_results(small_config, tiny_splits):
     assert seen[-1].train_loss < seen[0].train_loss
     assert all(m.epoch_seconds > 0 and m.samples_per_second > 0 for m in seen)
     assert set(seen[0].as_dict()) == {
-        "epoch", "train_loss", "val_loss", "val_accuracy", "epoch_seconds", "samples_per_second"
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_accuracy",
+        "epoch_seconds",
+        "samples_per_second",
     }
     assert set(result.per_digit_errors) == {2, 7, 9}
     wrong = round((1 - result.test_accuracy) * tiny_splits.test_y.shape[0])
@@ -55,8 +60,12 @@ def test_resume_after_on_epoch_stop_matches_uninterrupted_run(tmp_path, small_co
 
     ckpt = tmp_path / "train.ckpt"
     first = train(
-        fresh_model(small_config), tiny_splits, CONFIG, checkpoint_path=ckpt,
-        on_epoch=lambda m: m.epoch == 2, device=CPU,
+        fresh_model(small_config),
+        tiny_splits,
+        CONFIG,
+        checkpoint_path=ckpt,
+        on_epoch=lambda m: m.epoch == 2,
+        device=CPU,
     )
     assert first.cancelled and first.epochs_completed == 2 and first.test_accuracy is None
     torch.manual_seed(12345)  # the resumed run must not depend on the caller's RNG state
@@ -79,7 +88,12 @@ def test_should_stop_cancels_mid_epoch_and_resume_is_exact(tmp_path, small_confi
 
     ckpt = tmp_path / "train.ckpt"
     cancelled = train(
-        fresh_model(small_config), tiny_splits, CONFIG, should_stop=should_stop, checkpoint_path=ckpt, device=CPU
+        fresh_model(small_config),
+        tiny_splits,
+        CONFIG,
+        should_stop=should_stop,
+        checkpoint_path=ckpt,
+        device=CPU,
     )
     assert cancelled.cancelled and cancelled.epochs_completed == 1
     assert cancelled.test_accuracy is None and cancelled.per_digit_errors is None
