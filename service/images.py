@@ -54,6 +54,13 @@ NOISE_FLOOR = 0.10  # share of the peak below which stretched pixels count as pa
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+)
 
 
 def decode_upload(data: bytes, *, max_pixels: int, param: str = "file") -> np.ndarray:
@@ -85,6 +92,11 @@ def _open_checked(data: bytes, max_pixels: int, param: str) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
+        sniffed = _sniff(data)
+        if sniffed is not None:  # right magic bytes, but Pillow could not parse the header
+            raise ApiError(
+                422, "invalid_image", f"The file starts like a {sniffed} but is corrupt.", param
+            ) from None
         raise ApiError(
             415,
             "unsupported_image",
@@ -114,6 +126,16 @@ def _open_checked(data: bytes, max_pixels: int, param: str) -> Image.Image:
             422, "invalid_image", f"The {img.format} image could not be decoded: {exc}", param
         ) from None
     return img
+
+
+def _sniff(data: bytes) -> str | None:
+    """The allowed format whose magic bytes ``data`` starts with, if any."""
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
 
 
 def to_grayscale(img: Image.Image) -> np.ndarray:
