@@ -213,7 +213,7 @@ async def _read_json(
         body = PredictRequest.model_validate_json(await request.body())
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
-        if any(e["loc"] and e["loc"][0] == "pixels" for e in errors):
+        if any(e["loc"][:1] == ("pixels",) and e["type"] != "missing" for e in errors):
             raise ApiError(
                 422,
                 "invalid_pixels",
@@ -252,6 +252,13 @@ async def _read_multipart(
             model_id = _text_field(form.get("model_id"), "model_id")
             adapter_id = _text_field(form.get("adapter_id"), "adapter_id")
     except StarletteHTTPException as exc:  # malformed multipart, too many files or fields
+        if str(exc.detail).startswith("Too many files"):
+            raise ApiError(
+                422,
+                "too_many_images",
+                f"More than {settings.predict_max_images} images in one request.",
+                "file",
+            ) from None
         raise ApiError(exc.status_code, "invalid_multipart", str(exc.detail)) from None
     images = await anyio.to_thread.run_sync(_decode_all, blobs, settings.max_image_pixels)
     return images, model_id, adapter_id, len(blobs) > 1
