@@ -1,0 +1,388 @@
+"""Run one training job by id: claim it, train through ``models/``, record, register.
+
+:func:`run_job` is a plain function (the Celery task only calls it), so tests and tools can
+run a job in-process. The steps:
+
+1. Claim: ``queued -> running`` under this worker's lease (``attempt += 1``). A job that is
+   not ``queued`` (cancelled, finished, or claimed by another delivery) is left alone.
+2. A :class:`LeaseKeeper` thread renews ``heartbeat_at`` every ``HEARTBEAT_SECONDS``.
+3. Build the data subset and the network (a fresh MLP, a copy of the base model, or the
+   base with LoRA injected), then ``models.training.train`` with a per-epoch callback that
+   upserts the epoch's metrics and progress, and a ``should_stop`` that asks the database
+   for ``cancel_requested`` at most every ``CANCEL_POLL_SECONDS``. The resumable training
+   state goes to ``{artifact_dir}/checkpoints/{job_id}/`` after every epoch.
+4. Success: write the model (``{artifact_dir}/models/{id}/``) or the PEFT adapter
+   (``{artifact_dir}/adapters/{id}/``), then in one transaction mark the job ``succeeded``
+   and register the record. Artifact ids derive from the job id (``job_X`` -> ``mdl_X`` /
+   ``adp_X``), so a repeated run rewrites the same files instead of adding new ones.
+5. Cancelled (at a step boundary or just before registration): nothing is registered, the
+   written files are removed, the job ends ``cancelled``.
+6. Any exception: ``failed`` with ``{code, message}`` (see :func:`describe_failure`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.artifacts import adapter_dir, checkpoint_dir, checkpoint_file, model_dir, remove_tree
+from service.config import Settings, get_settings
+from service.db import registry
+from service.db.session import session_factory
+from service.db.tables import JobRecord
+
+log = logging.getLogger(__name__)
+
+CANCEL_POLL_SECONDS = 0.5
+MODEL_KIND = {"pretrain": "pretrained", "finetune_full": "finetuned_full"}
+
+
+class JobFailure(Exception):
+    """A failure with a stable error code, e.g. ``base_model_missing``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def default_worker_id() -> str:
+    """``host:pid``: names the process that holds a job's lease."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def describe_failure(exc: BaseException) -> tuple[str, str]:
+    """The ``(code, message)`` a failed job shows for ``exc``.
+
+    Codes: the :class:`JobFailure`'s own; ``data_unavailable`` (MNIST files missing);
+    ``out_of_memory``; an ``AdapterError``'s code; otherwise ``training_error``.
+    """
+    if isinstance(exc, JobFailure):
+        return exc.code, exc.message
+    if isinstance(exc, FileNotFoundError):
+        return "data_unavailable", str(exc)
+    if type(exc).__name__ == "OutOfMemoryError":
+        return "out_of_memory", f"Out of memory while training: {exc}"
+    code = getattr(exc, "code", None)
+    if isinstance(code, str) and code.startswith("adapter_"):
+        return code, str(exc)
+    return "training_error", f"{type(exc).__name__}: {exc}"
+
+
+def derived_id(prefix: str, job_id: str) -> str:
+    """The id of the artifact a job produces: ``job_<hex>`` -> ``<prefix>_<hex>``."""
+    return f"{prefix}_{job_id.removeprefix('job_')}"
+
+
+class StopCheck:
+    """``should_stop`` for the training loop: True once the job is cancelled or the lease is
+    gone. Asks the database at most every ``interval`` seconds, so polling it before every
+    step costs a clock read.
+    """
+
+    def __init__(
+        self, factory: sessionmaker[Session], job_id: str, worker_id: str, interval: float
+    ) -> None:
+        self.factory, self.job_id, self.worker_id, self.interval = (
+            factory,
+            job_id,
+            worker_id,
+            interval,
+        )
+        self.reason: str | None = None
+        self._next_poll = 0.0
+
+    def poll(self) -> str | None:
+        """Ask the database now; returns and remembers the reason to stop, if any."""
+        with self.factory() as session:
+            self.reason = self.reason or registry.stop_reason(session, self.job_id, self.worker_id)
+        self._next_poll = time.monotonic() + self.interval
+        return self.reason
+
+    def __call__(self) -> bool:
+        if self.reason is None and time.monotonic() >= self._next_poll:
+            self.poll()
+        return self.reason is not None
+
+
+class LeaseKeeper:
+    """Context manager: a daemon thread renewing the job's heartbeat every ``interval`` s.
+
+    A failed renewal (database briefly unreachable) is logged and retried at the next tick;
+    a renewal that finds the lease gone stops the thread and sets :attr:`lost`.
+    """
+
+    def __init__(
+        self, factory: sessionmaker[Session], job_id: str, worker_id: str, interval: float
+    ) -> None:
+        self.factory, self.job_id, self.worker_id, self.interval = (
+            factory,
+            job_id,
+            worker_id,
+            interval,
+        )
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with self.factory() as session:
+                    if not registry.renew_lease(session, self.job_id, self.worker_id):
+                        self.lost = True
+                        return
+            except Exception:  # keep training through a transient database error
+                log.warning("heartbeat of %s failed; retrying", self.job_id, exc_info=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=max(self.interval, 5.0))
+
+
+def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None = None) -> str:
+    """Run job ``job_id`` to its end and return its final status.
+
+    Returns:
+        ``succeeded``, ``failed`` or ``cancelled``; ``skipped`` when the job was not
+        ``queued`` (nothing done); ``lease_lost`` when another worker took the job over.
+    Raises:
+        Nothing from training: every exception ends the job ``failed``. Database errors
+        while claiming or recording the failure propagate (the message is then redelivered).
+    """
+    settings = settings or get_settings()
+    worker_id = worker_id or default_worker_id()
+    factory = session_factory(settings.database_url)
+    with factory() as session:
+        job = registry.claim_job(session, job_id, worker_id)
+    if job is None:
+        log.info("job %s is not queued; nothing to do", job_id)
+        return "skipped"
+    log.info("job %s (%s) running, attempt %d, on %s", job_id, job.kind, job.attempt, worker_id)
+    stop = StopCheck(factory, job_id, worker_id, CANCEL_POLL_SECONDS)
+    with LeaseKeeper(factory, job_id, worker_id, settings.heartbeat_seconds):
+        try:
+            status = _train_and_publish(job, settings, factory, worker_id, stop)
+        except Exception as exc:
+            code, message = describe_failure(exc)
+            log.exception("job %s failed: %s", job_id, code)
+            with factory() as session:
+                registry.mark_failed(
+                    session, job_id, code=code, message=message, worker_id=worker_id
+                )
+            status = "failed"
+    log.info("job %s ended %s", job_id, status)
+    return status
+
+
+def _finish_stopped(
+    factory: sessionmaker[Session], job: JobRecord, worker_id: str, reason: str | None
+) -> str:
+    """End a job that stopped before registering: ``cancelled`` if asked, else lease lost."""
+    if reason == "cancel_requested":
+        with factory() as session:
+            registry.finish_cancelled(session, job.id, worker_id)
+        return "cancelled"
+    return "lease_lost"
+
+
+def _load_base(factory: sessionmaker[Session], job: JobRecord) -> tuple[Any, Any]:
+    from models.checkpoint import CheckpointError, load_model
+
+    with factory() as session:
+        base = registry.get_model(session, job.base_model_id or "")
+    if base is None:
+        raise JobFailure("base_model_missing", f"Base model {job.base_model_id} is not registered.")
+    try:
+        return load_model(base.path)
+    except (OSError, CheckpointError) as exc:
+        raise JobFailure(
+            "base_model_unreadable", f"Cannot load base model {base.id} from {base.path}: {exc}"
+        ) from exc
+
+
+def _build_network(factory: sessionmaker[Session], job: JobRecord) -> Any:
+    """The network to train: a fresh MLP, a copy of the base model, or the base plus LoRA."""
+    import torch
+
+    from models.classifier import MLP, MLPConfig
+    from models.lora import LoraConfig, inject_lora
+
+    cfg = job.config
+    torch.manual_seed(cfg["seed"])  # deterministic initialisation (MLP weights, lora_A)
+    if job.kind == "pretrain":
+        arch = MLPConfig(
+            hidden1=cfg["hidden1"],
+            hidden2=cfg["hidden2"],
+            n_classes=len(cfg["digits"]),
+            dropout=cfg["dropout"],
+        )
+        return MLP(arch)
+    model, meta = _load_base(factory, job)
+    if meta.config.n_classes != len(cfg["digits"]):
+        raise JobFailure(
+            "invalid_config",
+            f"Base model {job.base_model_id} has {meta.config.n_classes} outputs; "
+            f"{len(cfg['digits'])} digits were requested.",
+        )
+    if job.kind == "finetune_lora":
+        lora = LoraConfig(
+            r=cfg["r"],
+            lora_alpha=float(cfg["lora_alpha"]),
+            target_modules=tuple(cfg["target_modules"]),
+            lora_dropout=cfg["lora_dropout"],
+            use_rslora=cfg["use_rslora"],
+        )
+        inject_lora(model, lora)
+    return model
+
+
+def _train_and_publish(
+    job: JobRecord,
+    settings: Settings,
+    factory: sessionmaker[Session],
+    worker_id: str,
+    stop: StopCheck,
+) -> str:
+    from models.data import load_digit_splits
+    from models.training import TrainConfig, pick_device, train
+
+    cfg = job.config
+    splits = load_digit_splits(
+        settings.data_dir,
+        classes=cfg["digits"],
+        val_fraction=cfg["val_fraction"],
+        seed=cfg["seed"],
+        download=settings.mnist_download,
+    )
+    if cfg.get("max_train_samples"):
+        n = cfg["max_train_samples"]
+        splits.train_x, splits.train_y = splits.train_x[:n], splits.train_y[:n]
+    model = _build_network(factory, job)
+    if stop.poll():
+        return _finish_stopped(factory, job, worker_id, stop.reason)
+
+    def on_epoch(metrics: Any) -> bool:
+        values = metrics.as_dict()
+        epoch = int(values.pop("epoch"))
+        with factory() as session:
+            if not registry.record_epoch(session, job.id, worker_id, epoch, values):
+                stop.reason = stop.reason or "lease_lost"
+        return stop()
+
+    result = train(
+        model,
+        splits,
+        TrainConfig(
+            epochs=cfg["epochs"],
+            lr=cfg["lr"],
+            weight_decay=cfg["weight_decay"],
+            batch_size=cfg["batch_size"],
+            seed=cfg["seed"],
+        ),
+        on_epoch=on_epoch,
+        should_stop=stop,
+        checkpoint_path=checkpoint_file(settings, job.id),
+        device=pick_device(),
+    )
+    if result.cancelled:
+        return _finish_stopped(factory, job, worker_id, stop.reason or stop.poll())
+    model.cpu()
+    return _publish(job, settings, factory, worker_id, stop, model, result)
+
+
+def _publish(
+    job: JobRecord,
+    settings: Settings,
+    factory: sessionmaker[Session],
+    worker_id: str,
+    stop: StopCheck,
+    model: Any,
+    result: Any,
+) -> str:
+    """Write the artifact, then mark succeeded + register in one transaction."""
+    from models.adapter_io import save_adapter
+    from models.checkpoint import save_model
+    from models.classifier import count_parameters
+    from models.lora import AdapterWeights
+
+    cfg = job.config
+    digits = list(cfg["digits"])
+    test_metrics = {
+        "accuracy": result.test_accuracy,
+        "loss": result.test_loss,
+        "per_digit_errors": {str(d): n for d, n in (result.per_digit_errors or {}).items()},
+        "train_seconds": result.train_seconds,
+        "epochs_completed": result.epochs_completed,
+    }
+    if job.kind == "finetune_lora":
+        artifact_id = derived_id("adp", job.id)
+        directory = adapter_dir(settings, artifact_id)
+        adapter = AdapterWeights.from_model(model)
+        save_adapter(directory, adapter, base_model_name_or_path=job.base_model_id)
+    else:
+        artifact_id = derived_id("mdl", job.id)
+        directory = model_dir(settings, artifact_id)
+        save_model(directory, model, digits, parent_id=job.base_model_id, extra={"job_id": job.id})
+
+    with factory() as session:
+        done = registry.mark_succeeded(
+            session,
+            job.id,
+            worker_id,
+            test_accuracy=result.test_accuracy,
+            test_metrics=test_metrics,
+            result_model_id=None if job.kind == "finetune_lora" else artifact_id,
+            result_adapter_id=artifact_id if job.kind == "finetune_lora" else None,
+        )
+        if not done:
+            session.rollback()
+        elif job.kind == "finetune_lora":
+            lc = adapter.config
+            registry.register_adapter(
+                session,
+                adapter_id=artifact_id,
+                base_model_id=job.base_model_id or "",
+                job_id=job.id,
+                source="trained",
+                lora_config={
+                    "r": lc.r,
+                    "lora_alpha": lc.lora_alpha,
+                    "target_modules": list(lc.target_modules),
+                    "lora_dropout": lc.lora_dropout,
+                    "use_rslora": lc.use_rslora,
+                },
+                trainable_parameters=count_parameters(model, trainable_only=True),
+                classes=digits,
+                test_accuracy=result.test_accuracy,
+                path=str(directory),
+            )
+        else:
+            registry.register_model(
+                session,
+                model_id=artifact_id,
+                kind=MODEL_KIND[job.kind],
+                job_id=job.id,
+                parent_id=job.base_model_id,
+                classes=digits,
+                architecture=model.config.to_dict(),
+                n_parameters=count_parameters(model),
+                test_accuracy=result.test_accuracy,
+                path=str(directory),
+            )
+        session.commit()
+    if not done:
+        remove_tree(directory)
+        return _finish_stopped(factory, job, worker_id, stop.poll())
+    remove_tree(checkpoint_dir(settings, job.id))
+    return "succeeded"
