@@ -25,6 +25,12 @@ from service.config import Settings, get_settings
 
 EXIT_NOT_MIGRATED = 2
 DEV_PROCESSES = ("api", "worker")
+PROCESS_COMMANDS: dict[str, list[str]] = {
+    "migrate": ["lora-service", "migrate"],
+    "api": ["lora-service", "api"],
+    "worker": ["lora-service", "worker"],
+}
+"""The command of each process: docker-compose.yml, the Procfile and the e2e tests run these."""
 
 
 def _fail(message: str) -> int:
