@@ -67,6 +67,17 @@ def test_stored_zip_stored_uncompressed_is_accepted(
     assert post_adapter(client, base_model_id, [("a.zip", archive)]).status_code == 201
 
 
+def test_exported_archive_imports_again(post_adapter, client, base_model_id, peft_pair):
+    """``GET /adapters/{id}/archive`` output is a valid ``POST /adapters`` zip."""
+    first = post_adapter(client, base_model_id, list(peft_pair.files().items()))
+    assert first.status_code == 201, first.text
+    archive = client.get(f"{first.headers['location']}/archive")
+    assert archive.status_code == 200
+    second = post_adapter(client, base_model_id, [("exported.zip", archive.content)])
+    body = _check_created(second, base_model_id, [0, 1, 2, 3, 4])
+    assert body["id"] != first.json()["id"]
+
+
 def test_imported_adapter_round_trips_to_peft_logits(
     post_adapter, client, migrated, base_model_id, peft_pair
 ):
