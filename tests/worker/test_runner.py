@@ -1,0 +1,103 @@
+"""The job runner in-process (the e2e tests run it inside real worker processes)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from service.artifacts import checkpoint_dir, model_dir
+from service.db import registry
+from service.db.session import session_factory, session_scope
+from worker import runner
+
+TINY = {"epochs": 1, "hidden1": 16, "hidden2": 16, "max_train_samples": 500}
+
+
+def _submit(settings, kind: str = "pretrain", config: dict | None = None, base=None) -> str:  # noqa: ANN001
+    from service.schemas import CONFIG_BY_KIND
+
+    cfg = CONFIG_BY_KIND[kind](**(config or {}))
+    with session_scope(settings.database_url) as s:
+        job = registry.create_job(
+            s, kind=kind, config=cfg.model_dump(mode="json"), base_model_id=base,
+            epochs=cfg.epochs,
+        )  # fmt: skip
+        return job.id
+
+
+def _job(settings, job_id: str):  # noqa: ANN001, ANN202
+    with session_scope(settings.database_url) as s:
+        return registry.get_job(s, job_id)
+
+
+def test_pretrain_succeeds_and_registers(migrated) -> None:
+    job_id = _submit(migrated, config=TINY)
+    assert runner.run_job(job_id, migrated, worker_id="w") == "succeeded"
+    job = _job(migrated, job_id)
+    assert job.status == "succeeded" and job.attempt == 1 and job.epoch == 1
+    model_id = runner.derived_id("mdl", job_id)
+    assert job.result_model_id == model_id
+    assert (model_dir(migrated, model_id) / "model.safetensors").exists()
+    assert not checkpoint_dir(migrated, job_id).exists()  # removed after success
+    # a redelivered message for a finished job does nothing
+    assert runner.run_job(job_id, migrated, worker_id="w2") == "skipped"
+
+
+def test_missing_data_fails_with_code(migrated, tmp_path: Path) -> None:
+    settings = migrated.model_copy(update={"data_dir": tmp_path / "empty"})
+    job_id = _submit(settings, config=TINY)
+    assert runner.run_job(job_id, settings, worker_id="w") == "failed"
+    job = _job(settings, job_id)
+    assert job.error_code == "data_unavailable" and "MNIST" in job.error_message
+
+
+def test_cancel_requested_before_training_registers_nothing(migrated, monkeypatch) -> None:
+    job_id = _submit(migrated, config=TINY)
+    real_claim = registry.claim_job
+
+    def claim_then_cancel(session, jid, wid):  # noqa: ANN001, ANN202
+        job = real_claim(session, jid, wid)
+        registry.request_cancel(session, jid)  # the user cancels right after the start
+        return job
+
+    monkeypatch.setattr(registry, "claim_job", claim_then_cancel)
+    assert runner.run_job(job_id, migrated, worker_id="w") == "cancelled"
+    job = _job(migrated, job_id)
+    assert job.status == "cancelled" and job.result_model_id is None
+    with session_scope(migrated.database_url) as s:
+        assert registry.list_models(s)[1] == 0
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (runner.JobFailure("base_model_missing", "gone"), "base_model_missing"),
+        (FileNotFoundError("MNIST raw files not found"), "data_unavailable"),
+        (RuntimeError("boom"), "training_error"),
+    ],
+)
+def test_describe_failure(exc: Exception, code: str) -> None:
+    assert runner.describe_failure(exc)[0] == code
+
+
+def test_stop_check_polls_database_at_most_twice_a_second(migrated, monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(registry, "stop_reason", lambda *a: calls.append(a) or None)
+    check = runner.StopCheck(session_factory(migrated.database_url), "job_x", "w", 0.5)
+    started = time.monotonic()
+    while time.monotonic() - started < 0.3:
+        assert check() is False
+    assert len(calls) == 1
+
+
+def test_lease_keeper_renews_heartbeat(migrated) -> None:
+    job_id = _submit(migrated, config=TINY)
+    with session_scope(migrated.database_url) as s:
+        first = registry.claim_job(s, job_id, "w").heartbeat_at
+    factory = session_factory(migrated.database_url)
+    with runner.LeaseKeeper(factory, job_id, "w", interval=0.05) as keeper:
+        time.sleep(0.3)
+    assert not keeper.lost
+    assert _job(migrated, job_id).heartbeat_at > first
