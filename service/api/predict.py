@@ -28,7 +28,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.config import Settings
-from service.errors import ApiError
+from service.errors import ApiError, ErrorResponse
 from service.images import decode_upload, pixels_to_images, to_model_input
 from service.predictor import Predictor
 
@@ -158,7 +158,10 @@ PredictorDep = Annotated[Predictor, Depends(get_predictor)]
     response_model=PredictionOut | PredictionBatchOut,
     summary="Predict digits with a base model and an optional LoRA adapter",
     openapi_extra=_REQUEST_BODY,
-    responses={409: {"description": "The adapter belongs to another base model."}},
+    responses={
+        409: {"description": "The adapter belongs to another base model."},
+        415: {"model": ErrorResponse, "description": "Not JSON or multipart, or not an image."},
+    },
 )
 async def predict(request: Request, predictor: PredictorDep) -> dict[str, Any]:
     """Predict the digit of one or several images (multipart ``file`` or JSON ``pixels``)."""
