@@ -21,6 +21,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    ignored_auth,
     negative_data_rejection,
     response_headers_conformance,
     response_schema_conformance,
@@ -28,6 +29,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
+KEYED_EXAMPLES = 4
+API_KEY = "fuzz-key"
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
 CHECKS = [
     not_a_server_error,
@@ -63,22 +66,21 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("label, mode", CASES)
-def test_operation_conforms_and_never_fails(app, base_model_id, label: str, mode):
+def _fuzz(app, label: str, mode, examples: int, checks: list, headers=None) -> None:
     api = schemathesis.openapi.from_asgi("/openapi.json", app)
     operation = api.find_operation_by_label(label)
     assert operation is not None, label
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
-        max_examples=MAX_EXAMPLES,
+        max_examples=examples,
         derandomize=True,
         deadline=None,
         database=None,
         suppress_health_check=list(HealthCheck),
     )
     def run(case) -> None:
-        case.call_and_validate(checks=CHECKS)
+        case.call_and_validate(checks=checks, headers=headers)
 
     try:
         run()
@@ -86,3 +88,17 @@ def test_operation_conforms_and_never_fails(app, base_model_id, label: str, mode
         if mode is GenerationMode.POSITIVE:
             raise
         pytest.skip("every input of this operation is valid (e.g. a free-form path id)")
+
+
+@pytest.mark.parametrize("label, mode", CASES)
+def test_operation_conforms_and_never_fails(app, base_model_id, label: str, mode) -> None:
+    _fuzz(app, label, mode, MAX_EXAMPLES, CHECKS)
+
+
+@pytest.mark.parametrize("label", sorted({label for label, _ in _operations()}))
+def test_keyed_operation_enforces_its_declared_auth(make_app, base_model_id, label: str) -> None:
+    """With keys set, a 2xx answer to a keyed request must turn 401 without/with a bad key."""
+    app = make_app(api_keys=[API_KEY])
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    checks = [*CHECKS[:-1], ignored_auth]
+    _fuzz(app, label, GenerationMode.POSITIVE, KEYED_EXAMPLES, checks, headers)
