@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.classifier import LINEAR_NAMES, MLP
+from models.classifier import LINEAR_NAMES, MLP, Dropout
 
 # adapter_config.json keys that change what the weights mean; we only support their
 # "off" value (None / False / empty), so an adapter using any of them is rejected.
@@ -198,9 +198,7 @@ class LoraLinear(nn.Module):
         self.lora_B = nn.Linear(
             r, base_layer.out_features, bias=False, device=w.device, dtype=w.dtype
         )
-        self.lora_dropout: nn.Module = (
-            nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
-        )
+        self.lora_dropout: nn.Module = Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.merged = False
         for p in self.base_layer.parameters():
             p.requires_grad_(False)
@@ -338,7 +336,7 @@ class AdapterWeights:
         if not layers:
             raise ValueError("model has no LoRA layers")
         first = next(iter(layers.values()))
-        dropout = first.lora_dropout.p if isinstance(first.lora_dropout, nn.Dropout) else 0.0
+        dropout = first.lora_dropout.p if isinstance(first.lora_dropout, Dropout) else 0.0
         config = LoraConfig(
             r=first.r,
             lora_alpha=first.lora_alpha,

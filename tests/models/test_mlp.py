@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.classifier import LINEAR_NAMES, MLP, MLPConfig, count_parameters
+from models.classifier import LINEAR_NAMES, MLP, Dropout, MLPConfig, count_parameters
 
 
 def test_default_mlp_has_seed_parameter_count():
@@ -34,3 +34,18 @@ def test_config_round_trip():
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         MLPConfig.from_dict({**MLPConfig().to_dict(), **bad})
+
+
+def test_dropout_matches_nn_dropout_semantics():
+    drop = Dropout(0.3)
+    x = torch.ones(200, 500, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.01
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.7)
+    drop.eval()
+    assert drop(x) is x
+    with pytest.raises(ValueError):
+        Dropout(1.0)
