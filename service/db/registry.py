@@ -11,8 +11,9 @@ whether it happened, so two processes racing on one job (the API cancelling whil
 claims it, a redelivered message) never both win, on SQLite and on Postgres alike. The
 worker's transitions also require that it still holds the job's lease (``worker_id``).
 
-Functions that change jobs commit; ``register_*``, ``create_job`` and ``delete_adapter``
-only add/flush, so the caller can commit them together with something else.
+Functions that change jobs commit, except ``mark_succeeded``; it and ``register_*``,
+``create_job`` and ``delete_adapter`` only add/flush, so the caller commits them together
+(a job is ``succeeded`` in the same transaction that registers its model or adapter).
 """
 
 from __future__ import annotations

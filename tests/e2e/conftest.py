@@ -54,6 +54,11 @@ def http(stack: Stack) -> Iterator[httpx.Client]:
         yield client
 
 
+def _collapse(statuses: list[str]) -> list[str]:
+    """Drop consecutive repeats: the distinct statuses in the order they were seen."""
+    return [s for i, s in enumerate(statuses) if i == 0 or statuses[i - 1] != s]
+
+
 @pytest.fixture(scope="session")
 def pretrained(stack: Stack, http: httpx.Client) -> dict[str, Any]:
     """A small pre-training job run on the idle worker, with the POST -> running latency."""
@@ -70,7 +75,7 @@ def pretrained(stack: Stack, http: httpx.Client) -> dict[str, Any]:
         "posted": posted,
         "running": running,
         "final": final,
-        "seen": ["queued", *seen, *later[1:]] if seen[0] != "queued" else [*seen, *later[1:]],
+        "seen": _collapse(["queued", *seen, *later]),
         "latency": latency,
         "stack": stack,
     }
