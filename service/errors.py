@@ -89,6 +89,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "Invalid request."}
+        if first.get("type") == "json_invalid":
+            ctx = first.get("ctx") or {}
+            detail = ctx.get("error", "malformed JSON")
+            return error_response(400, "invalid_json", f"Request body is not valid JSON: {detail}")
         param = _loc_to_param(tuple(first.get("loc", ())))
         msg = str(first.get("msg", "Invalid request."))
         if len(errors) > 1:

@@ -85,9 +85,11 @@ def test_create_job_invalid_config_422(client, body: dict, param: str | None) ->
     assert client.get("/jobs").json()["total"] == 0  # nothing was created
 
 
-def test_create_job_not_json_422(client) -> None:
+def test_create_job_not_json(client) -> None:
     resp = client.post("/jobs", content=b"{not json", headers={"content-type": "application/json"})
-    error_of(resp, 422, "validation_error")
+    body = error_of(resp, 400, "invalid_json")
+    assert body["error"]["param"] is None
+    assert "not valid JSON" in body["error"]["message"]
     error_of(client.post("/jobs", json=[1, 2]), 422, "validation_error")
 
 
