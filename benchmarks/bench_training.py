@@ -6,7 +6,7 @@ digits 0-4 training split (21,417 samples, batch 128, 168 steps) it times:
 (a) the seed notebook's loop: ``torchvision.datasets.MNIST`` with ``ToTensor()`` +
     ``Normalize`` applied per sample, ``DataLoader(batch_size=128, shuffle=True)``, its MLP
     (``nn.Dropout``), a plain ``torch.optim.Adam`` and a ``loss.item()`` per step;
-(b) our loop: ``models.training.train_one_epoch`` on preloaded tensors (what ``train`` runs
+(b) our loop: ``models.training.train_steps`` on preloaded tensors (what ``train`` runs
     per epoch, without the validation pass, which is reported separately);
 (c) the compute floor: the same number of steps, same model and optimizer as (b), on one
     fixed batch (no data handling at all).
@@ -14,9 +14,11 @@ digits 0-4 training split (21,417 samples, batch 128, 168 steps) it times:
 (b) and (c) share our model (``models.classifier.Dropout``) and optimizer (fused Adam);
 the gap between (a) and (c) is the input pipeline plus those two changes.
 
-It then prints PASS/FAIL for the targets of issue 2: (b) <= 1.15 x (c); (b) at least 2x
-faster than (a); a LoRA r=8 epoch <= 0.75 x a full fine-tuning epoch; LoRA optimizer state
-<= 5 % of full fine-tuning's. Wall times are seconds; they depend on the machine's load
+All nine loops run interleaved, CHUNK steps each in turn, so a change in machine load
+hits them alike; a loop's epoch time is the sum of its chunks. It then prints PASS/FAIL
+for the targets of issue 2: (b) <= 1.15 x (c); (b) at least 2x faster than (a); a LoRA
+r=8 epoch <= 0.75 x a full fine-tuning epoch; LoRA optimizer state <= 5 % of full
+fine-tuning's. Wall times are seconds; they depend on the machine's load
 (printed at the start), so compare figures from one run only.
 
 Usage: python benchmarks/bench_training.py [--epochs 1] [--data-dir DIR] [--threads N]
@@ -31,7 +33,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -49,12 +51,13 @@ from models.training import (  # noqa: E402
     evaluate,
     make_optimizer,
     pick_device,
-    train_one_epoch,
+    train_steps,
 )
 
 CLASSES = (0, 1, 2, 3, 4)
 BATCH = 128
 KINDS = ("pretrain", "full_ft", "lora_r8")
+CHUNK = 8  # steps of one loop before switching to the next
 
 
 def sync(device: torch.device) -> None:
@@ -87,8 +90,8 @@ def seed_loader(data_dir: Path, seed: int) -> torch.utils.data.DataLoader:
     )
 
 
-def seed_epoch(model: nn.Module, loader, device: torch.device) -> None:
-    """The notebook's training loop for one epoch."""
+def seed_steps(model: nn.Module, loader, device: torch.device) -> Iterator[None]:
+    """The notebook's training loop for one epoch, yielding after each step."""
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     criterion = nn.CrossEntropyLoss()
     model.train()
@@ -100,9 +103,12 @@ def seed_epoch(model: nn.Module, loader, device: torch.device) -> None:
         loss.backward()
         optimizer.step()
         running_loss += loss.item()
+        yield
 
 
-def floor_epoch(model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
+def floor_steps(
+    model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor, steps: int
+) -> Iterator[None]:
     """The same number of steps on one fixed batch: model + loss + backward + Adam only."""
     model.train()
     for _ in range(steps):
@@ -110,6 +116,30 @@ def floor_epoch(model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor, s
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        yield
+
+
+def run_interleaved(
+    loops: dict[tuple[str, str], Callable[[], Iterator[object]]], device: torch.device
+) -> dict[tuple[str, str], float]:
+    """Run one epoch of every loop, CHUNK steps of each in turn; seconds per loop.
+
+    Interleaving spreads changes in machine load evenly over all loops, so their ratios
+    stay meaningful on a shared machine. A loop's epoch time is the sum of its chunks.
+    """
+    running = {key: make() for key, make in loops.items()}
+    seconds = dict.fromkeys(loops, 0.0)
+    while running:
+        for key in list(running):
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(CHUNK):
+                if next(running[key], StopIteration) is StopIteration:
+                    del running[key]
+                    break
+            sync(device)
+            seconds[key] += time.perf_counter() - t0
+    return seconds
 
 
 class SeedMLP(nn.Module):
@@ -181,28 +211,37 @@ def main() -> int:
     config = TrainConfig(batch_size=BATCH)
 
     times: dict[str, dict[str, list[float]]] = {k: {"a": [], "b": [], "c": []} for k in KINDS}
-    state_bytes: dict[str, int] = {}
-    header = f"{'kind':<9} {'epoch':>5} {'(a) seed s':>11} {'(b) ours s':>11} {'(c) floor s':>12}"
-    print(header)
-    for kind in KINDS:
-        model_a = make_model(kind, pretrained, device, seed_model=True)
-        model_b = make_model(kind, pretrained, device)
-        model_c = copy.deepcopy(model_b)
-        opt_b, opt_c = make_optimizer(model_b, config), make_optimizer(model_c, config)
-        gen = torch.Generator().manual_seed(0)
-        floor_epoch(model_c, opt_c, fixed_x, fixed_y, 3)  # warm-up (allocations, kernels)
-        for epoch in range(1, args.epochs + 1):
-            ta = timed(device, seed_epoch, model_a, loader, device)
-            tb = timed(
-                device, train_one_epoch, model_b, opt_b, splits.train_x, splits.train_y, BATCH, gen
-            )
-            tc = timed(device, floor_epoch, model_c, opt_c, fixed_x, fixed_y, steps)
-            for key, value in zip("abc", (ta, tb, tc), strict=True):
-                times[kind][key].append(value)
+    models_a = {k: make_model(k, pretrained, device, seed_model=True) for k in KINDS}
+    models_b = {k: make_model(k, pretrained, device) for k in KINDS}
+    models_c = {k: copy.deepcopy(m) for k, m in models_b.items()}
+    opts_b = {k: make_optimizer(m, config) for k, m in models_b.items()}
+    opts_c = {k: make_optimizer(m, config) for k, m in models_c.items()}
+    gens = {k: torch.Generator().manual_seed(0) for k in KINDS}
+    for k in KINDS:  # warm-up: allocator, kernels
+        for _ in floor_steps(models_c[k], opts_c[k], fixed_x, fixed_y, 3):
+            pass
+
+    def loops_for(kind: str) -> dict[tuple[str, str], Callable[[], Iterator[object]]]:
+        b_args = (models_b[kind], opts_b[kind], splits.train_x, splits.train_y, BATCH, gens[kind])
+        return {
+            (kind, "a"): lambda: seed_steps(models_a[kind], loader, device),
+            (kind, "b"): lambda: train_steps(*b_args),
+            (kind, "c"): lambda: floor_steps(models_c[kind], opts_c[kind], fixed_x, fixed_y, steps),
+        }
+
+    print(f"{'kind':<9} {'epoch':>5} {'(a) seed s':>11} {'(b) ours s':>11} {'(c) floor s':>12}")
+    for epoch in range(1, args.epochs + 1):
+        loops = {key: make for k in KINDS for key, make in loops_for(k).items()}
+        seconds = run_interleaved(loops, device)
+        for kind in KINDS:
+            for key in "abc":
+                times[kind][key].append(seconds[(kind, key)])
+            ta, tb, tc = (seconds[(kind, key)] for key in "abc")
             print(f"{kind:<9} {epoch:>5} {ta:>11.2f} {tb:>11.2f} {tc:>12.2f}")
-        state_bytes[kind] = optimizer_state_bytes(opt_b)
-        tv = timed(device, evaluate, model_b, splits.val_x, splits.val_y)
-        print(f"{kind:<9} validation pass ({splits.val_x.shape[0]} samples): {tv:.2f} s")
+    state_bytes = {k: optimizer_state_bytes(opt) for k, opt in opts_b.items()}
+    tv = timed(device, evaluate, models_b["pretrain"], splits.val_x, splits.val_y)
+    print(f"our validation pass ({splits.val_x.shape[0]} samples, not in (b)): {tv:.2f} s")
+    print(f"load_avg_1m at the end: {os.getloadavg()[0]:.2f}")
 
     mean = {k: {key: statistics.fmean(v) for key, v in d.items()} for k, d in times.items()}
     print("\nmean seconds per epoch:")

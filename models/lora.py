@@ -231,7 +231,10 @@ class LoraLinear(nn.Module):
         out = self.base_layer(x)
         if self.merged:
             return out
-        return out + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+        h = self.lora_A(self.lora_dropout(x))
+        if out.dim() == 2:  # one fused out + scaling * h @ B^T
+            return torch.addmm(out, h, self.lora_B.weight.t(), alpha=self.scaling)
+        return out + self.lora_B(h) * self.scaling
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:

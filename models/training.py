@@ -11,8 +11,9 @@ results, also across a checkpoint/resume.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,38 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
+def train_steps(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+) -> Iterator[tuple[torch.Tensor, int]]:
+    """One shuffled pass over ``x`` (N, 784) / ``y`` (N,), one optimizer step per item.
+
+    The order is ``torch.randperm(N, generator=generator)`` (drawn on CPU, then moved to
+    the data's device); batches are index gathers from the preloaded tensors. After each
+    step it yields ``(loss_sum, seen)``: the summed cross-entropy (nats) of the samples so
+    far as a 0-dim tensor on the device (no host sync) and their count. Callers decide
+    between steps whether to continue (cancellation, interleaved benchmarking).
+    """
+    model.train()
+    n = x.shape[0]
+    perm = torch.randperm(n, generator=generator).to(x.device, non_blocking=True)
+    total = torch.zeros((), device=x.device)
+    seen = 0
+    for start in range(0, n, batch_size):
+        idx = perm[start : start + batch_size]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * idx.shape[0]
+        seen += idx.shape[0]
+        yield total, seen
+
+
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -121,28 +154,17 @@ def train_one_epoch(
     generator: torch.Generator,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[float, bool]:
-    """One shuffled pass over ``x`` (N, 784) / ``y`` (N,) on their device.
-
-    ``should_stop`` is polled before every step.
+    """Run :func:`train_steps` to the end of the epoch, polling ``should_stop`` before each step.
 
     Returns:
         (mean train loss over the samples seen, stopped early). NaN if no step ran.
     """
-    model.train()
-    n = x.shape[0]
-    perm = torch.randperm(n, generator=generator).to(x.device, non_blocking=True)
-    total = torch.zeros((), device=x.device)
-    seen = 0
-    for start in range(0, n, batch_size):
+    total, seen = torch.zeros(()), 0
+    steps = train_steps(model, optimizer, x, y, batch_size, generator)
+    for _ in range(math.ceil(x.shape[0] / batch_size)):
         if should_stop is not None and should_stop():
             return (total.item() / seen if seen else float("nan")), True
-        idx = perm[start : start + batch_size]
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.detach() * idx.shape[0]
-        seen += idx.shape[0]
+        total, seen = next(steps)
     return (total.item() / seen if seen else float("nan")), False
 
 
