@@ -172,8 +172,13 @@ def _flatten_alpha(rgba: Image.Image) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+_RING_28 = np.flatnonzero(np.pad(np.zeros((SIDE - 2, SIDE - 2), bool), 1, constant_values=True))
+
+
 def _border(x: np.ndarray) -> np.ndarray:
     """The pixels of the outer ring of ``x`` (H, W), ring width ~2 % of the short side."""
+    if x.shape == (SIDE, SIDE):
+        return x.reshape(-1)[_RING_28]
     k = max(1, round(0.02 * min(x.shape)))
     return np.concatenate([x[:k].ravel(), x[-k:].ravel(), x[:, :k].ravel(), x[:, -k:].ravel()])
 
@@ -187,12 +192,13 @@ def frame_digit(gray: np.ndarray) -> np.ndarray:
     Returns:
         uint8 (28, 28): light digit on dark background; all zeros for a blank image.
     """
-    x = gray.astype(np.float32)
-    if float(np.median(_border(x))) > 127.0:
-        x = 255.0 - x
-    if x.shape == (SIDE, SIDE):
-        return np.clip(np.rint(x), 0, 255).astype(np.uint8)
-    x = np.clip(x - float(np.median(_border(x))), 0.0, None)
+    border = _border(gray)
+    if 2 * np.count_nonzero(border > 127) > border.size:  # the border's median is > 127
+        gray = 255 - gray
+        border = 255 - border
+    if gray.shape == (SIDE, SIDE):
+        return np.ascontiguousarray(gray)
+    x = np.clip(gray.astype(np.float32) - float(np.median(border)), 0.0, None)
     peak = float(x.max())
     if peak <= 0.0:
         return np.zeros((SIDE, SIDE), np.uint8)
@@ -260,9 +266,12 @@ def pixels_to_images(pixels: Sequence, param: str = "pixels") -> np.ndarray:
             f"pixels must have shape (28, 28) or (N, 28, 28), got {tuple(arr.shape)}.",
             param,
         )
-    if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 255:
+    if not (arr.min() >= 0 and arr.max() <= 255):  # False for NaN too
         raise ApiError(422, "invalid_pixels", "pixel values must be numbers in [0, 255].", param)
-    return np.stack([frame_digit(np.rint(a).astype(np.uint8)) for a in arr])
+    images = np.rint(arr).astype(np.uint8)
+    for i in range(images.shape[0]):  # 28 x 28: only the polarity rule applies
+        images[i] = frame_digit(images[i])
+    return images
 
 
 def to_model_input(images: np.ndarray) -> torch.Tensor:
@@ -274,4 +283,12 @@ def to_model_input(images: np.ndarray) -> torch.Tensor:
     Returns:
         float32 (N, 784): ``(pixel / 255 - 0.1307) / 0.3081`` (``models.data.normalize_images``).
     """
-    return normalize_images(torch.from_numpy(np.ascontiguousarray(images)))
+    flat = np.ascontiguousarray(images, dtype=np.uint8).reshape(images.shape[0], SIDE * SIDE)
+    return torch.from_numpy(_NORMALIZED[flat])
+
+
+# normalize_images applied to every possible pixel value once: a lookup table is exact (the
+# same float32 operations per value) and costs ~5 us per image instead of ~60 us.
+_NORMALIZED: np.ndarray = (
+    normalize_images(torch.arange(256, dtype=torch.uint8).reshape(1, 16, 16)).numpy().reshape(256)
+)

@@ -17,11 +17,12 @@ Also ``GET /predict/ping`` (a constant: the benchmark's HTTP ceiling) and
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 import anyio
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
@@ -37,7 +38,8 @@ router = APIRouter(prefix="/predict", tags=["predict"])
 MAX_JSON_IMAGES = 256  # schema bound; settings.predict_max_images is the effective limit
 _FORM_FIELDS = {"file", "model_id", "adapter_id"}
 
-Pixel = Annotated[float, Field(ge=0, le=255, allow_inf_nan=False)]
+# strict: JSON numbers only (no booleans or numeric strings); ints are accepted as floats
+Pixel = Annotated[float, Field(ge=0, le=255, allow_inf_nan=False, strict=True)]
 Row = Annotated[list[Pixel], Field(min_length=28, max_length=28)]
 Image28 = Annotated[list[Row], Field(min_length=28, max_length=28)]
 
@@ -50,7 +52,8 @@ class PredictRequest(BaseModel):
     pixels: Image28 | Annotated[list[Image28], Field(min_length=1, max_length=MAX_JSON_IMAGES)] = (
         Field(
             description="One 28 x 28 grayscale image (rows of 28 values in [0, 255], light "
-            "digit on dark like MNIST; dark-on-light is inverted), or a list of them."
+            "digit on dark like MNIST; dark-on-light is inverted), or a list of them.",
+            union_mode="left_to_right",  # 5x faster than "smart" on 784 floats
         )
     )
     model_id: str | None = Field(
@@ -141,16 +144,17 @@ _REQUEST_BODY = {
 }
 
 
-async def get_predictor(request: Request) -> Predictor:
-    """The app's predictor, created on first use (``app.state.predictor``)."""
+def get_predictor(request: Request) -> Predictor:
+    """The app's predictor, created on first use (``app.state.predictor``).
+
+    Called directly rather than through ``Depends``: on the hot path FastAPI's dependency
+    solving costs more than this function. Runs on the event loop, so creation is not racy.
+    """
     predictor: Predictor | None = getattr(request.app.state, "predictor", None)
     if predictor is None or predictor.closed:
         predictor = Predictor(request.app.state.settings)
         request.app.state.predictor = predictor
     return predictor
-
-
-PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 
 
 @router.post(
@@ -163,14 +167,16 @@ PredictorDep = Annotated[Predictor, Depends(get_predictor)]
         415: {"model": ErrorResponse, "description": "Not JSON or multipart, or not an image."},
     },
 )
-async def predict(request: Request, predictor: PredictorDep) -> dict[str, Any]:
+async def predict(request: Request) -> Response:
     """Predict the digit of one or several images (multipart ``file`` or JSON ``pixels``)."""
     settings: Settings = request.app.state.settings
     images, model_id, adapter_id, batch = await read_predict_request(request, settings)
+    predictor = get_predictor(request)
     predictions = await predictor.predict(to_model_input(images), model_id, adapter_id)
-    if batch:
-        return {"predictions": [p.__dict__ for p in predictions]}
-    return predictions[0].__dict__
+    doc = {"predictions": [p.__dict__ for p in predictions]} if batch else predictions[0].__dict__
+    # Built from typed dataclasses that match the response models: serialised directly
+    # (FastAPI's response validation would cost more than the rest of the handler).
+    return Response(json.dumps(doc, separators=(",", ":")), media_type="application/json")
 
 
 @router.get("/ping", response_model=PingOut, summary="Constant answer (HTTP ceiling)")
@@ -180,9 +186,9 @@ async def ping() -> dict[str, bool]:
 
 
 @router.get("/stats", response_model=PredictorStatsOut, summary="Predictor counters")
-async def stats(predictor: PredictorDep) -> dict[str, Any]:
+async def stats(request: Request) -> dict[str, Any]:
     """Adapter cache (resident ids, hits, loads, evictions, load ms) and batching counters."""
-    return predictor.stats()
+    return get_predictor(request).stats()
 
 
 async def read_predict_request(
@@ -215,7 +221,7 @@ async def _read_json(
     try:
         body = PredictRequest.model_validate_json(await request.body())
     except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        errors = exc.errors(include_url=False, include_input=False)
         if any(e["loc"][:1] == ("pixels",) and e["type"] != "missing" for e in errors):
             raise ApiError(
                 422,

@@ -77,8 +77,8 @@ def test_read_predict_multipart_single_and_several(predict_client, pixels) -> No
         ),
         (
             {"content": b"{not json", "headers": {"content-type": "application/json"}},
-            422,
-            "validation_error",
+            400,
+            "invalid_json",
         ),
         ({"json": {"pixels": [[0] * 28] * 28, "extra": 1}}, 422, "validation_error"),
         ({"json": {"pixels": [[0] * 28] * 27}}, 422, "invalid_pixels"),
