@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     )
     predict_max_batch: int = Field(64, ge=1, description="Most samples in one micro-batch.")
     predict_max_images: int = Field(32, ge=1, description="Most images in one /predict request.")
+    predict_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="torch intra-op threads in the API process (process-wide; /predict runs "
+        "one forward pass at a time, and on a small machine extra threads only contend).",
+    )
 
     # limits and security
     api_keys: Annotated[list[str], NoDecode] = Field(
