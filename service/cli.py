@@ -21,6 +21,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from service import compare
 from service.config import Settings, get_settings
 
 EXIT_NOT_MIGRATED = 2
@@ -137,18 +138,6 @@ def cmd_dev(_: argparse.Namespace, settings: Settings) -> int:
     return manager.returncode or 0
 
 
-def _add_compare(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``compare`` (and ``demo``) from service/compare.py when it exists."""
-    try:
-        from service import compare
-    except ModuleNotFoundError as exc:
-        if exc.name != "service.compare":
-            raise
-        return
-    register = getattr(compare, "add_parsers", None) or compare.add_parser
-    register(subparsers)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``lora-service`` argument parser."""
     parser = argparse.ArgumentParser(prog="lora-service", description=__doc__.split("\n")[0])
@@ -166,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("dev", help="migrate, then API + one worker; Ctrl-C stops both").set_defaults(
         func=cmd_dev
     )
-    _add_compare(sub)
+    compare.add_parsers(sub)
     return parser
 
 

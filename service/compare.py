@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -72,7 +73,9 @@ class Client:
                 detail = f"{err['code']}: {err['message']}"
             except (ValueError, KeyError, TypeError):
                 detail = resp.text[:300]
-            raise CompareError(f"{resp.request.method} {resp.request.url} -> {resp.status_code} {detail}")
+            raise CompareError(
+                f"{resp.request.method} {resp.request.url} -> {resp.status_code} {detail}"
+            )
         return resp.json()
 
     def submit(self, kind: str, config: dict[str, Any], base_model_id: str | None = None) -> dict:
@@ -132,14 +135,14 @@ def watch(client: Client, jobs: dict[str, str], poll_seconds: float = 1.0) -> di
     columns = (
         TextColumn("{task.description:<18}"),
         BarColumn(),
-        TextColumn("epoch {task.completed:>3.0f}/{task.total:<3.0f}"),
+        TextColumn("epoch {task.completed:>3.0f}/{task.fields[epochs]:<3}"),
         TextColumn("loss {task.fields[loss]}"),
         TextColumn("{task.fields[status]:<9}"),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
         tasks = {
-            label: progress.add_task(label, total=None, loss="  -   ", status="queued")
+            label: progress.add_task(label, total=None, loss="  -   ", status="queued", epochs="?")
             for label in jobs
         }
         while len(final) < len(jobs):
@@ -152,6 +155,7 @@ def watch(client: Client, jobs: dict[str, str], poll_seconds: float = 1.0) -> di
                 update: dict[str, Any] = {"status": job["status"], "completed": epoch}
                 if epochs:
                     update["total"] = epochs
+                    update["epochs"] = epochs
                 if epoch and seen_epoch.get(label) != epoch:
                     seen_epoch[label] = epoch
                     loss = _last_loss(client, job_id)
@@ -209,7 +213,9 @@ def run_comparison(client: Client, args: argparse.Namespace) -> tuple[dict, list
             trainable = base_params
             # The fine-tuned weights read through the base's 0-4 head: what full fine-tuning
             # left of the old task (the seed notebook's measure of forgetting).
-            served = client.evaluate(model_id=model_id, digits=base_classes, head_classes=base_classes)
+            served = client.evaluate(
+                model_id=model_id, digits=base_classes, head_classes=base_classes
+            )
         else:
             model_id, adapter_id = base_id, result["adapter_id"]
             trainable = int(client.get(f"/adapters/{adapter_id}")["trainable_parameters"])
@@ -248,19 +254,34 @@ def print_table(pretrain: dict, rows: list[Row]) -> None:
         f"{pretrain['train_seconds']:.0f} s"
     )
     table = Table(title="Full fine-tuning vs LoRA on digits 5-9")
-    for col in ("method", "rank", "lr", "trainable params", "% of base", "acc 5-9",
-                "acc 0-4 as served", "train s"):
+    for col in (
+        "method",
+        "rank",
+        "lr",
+        "trainable params",
+        "% of base",
+        "acc 5-9",
+        "acc 0-4 as served",
+        "train s",
+    ):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(
-            r.method, str(r.rank or "-"), f"{r.learning_rate:g}", f"{r.trainable_parameters:,}",
-            f"{r.trainable_percent:.2f}", f"{r.test_accuracy_5_9:.4f}",
-            f"{r.served_accuracy_0_4:.4f}", f"{r.train_seconds:.0f}",
+            r.method,
+            str(r.rank or "-"),
+            f"{r.learning_rate:g}",
+            f"{r.trainable_parameters:,}",
+            f"{r.trainable_percent:.2f}",
+            f"{r.test_accuracy_5_9:.4f}",
+            f"{r.served_accuracy_0_4:.4f}",
+            f"{r.train_seconds:.0f}",
         )
     console.print(table)
 
 
-def write_results(directory: Path, pretrain: dict, rows: list[Row], args: argparse.Namespace) -> None:
+def write_results(
+    directory: Path, pretrain: dict, rows: list[Row], args: argparse.Namespace
+) -> None:
     """Write results.json, results.csv and accuracy_vs_params.png (log-scale x) to ``directory``."""
     import matplotlib
 
@@ -283,15 +304,28 @@ def write_results(directory: Path, pretrain: dict, rows: list[Row], args: argpar
         writer.writerows(asdict(r) for r in rows)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     lora = [r for r in rows if r.method == "lora"]
-    ax.plot([r.trainable_parameters for r in lora], [r.test_accuracy_5_9 for r in lora],
-            "o-", label="LoRA (r = 1..64)")
+    ax.plot(
+        [r.trainable_parameters for r in lora],
+        [r.test_accuracy_5_9 for r in lora],
+        "o-",
+        label="LoRA (r = 1..64)",
+    )
     for r in lora:
-        ax.annotate(f"r={r.rank}", (r.trainable_parameters, r.test_accuracy_5_9),
-                    textcoords="offset points", xytext=(4, -10), fontsize=8)
+        ax.annotate(
+            f"r={r.rank}",
+            (r.trainable_parameters, r.test_accuracy_5_9),
+            textcoords="offset points",
+            xytext=(4, -10),
+            fontsize=8,
+        )
     for r in rows:
         if r.method == "full":
-            ax.plot(r.trainable_parameters, r.test_accuracy_5_9, "s",
-                    label=f"full fine-tune, lr {r.learning_rate:g}")
+            ax.plot(
+                r.trainable_parameters,
+                r.test_accuracy_5_9,
+                "s",
+                label=f"full fine-tune, lr {r.learning_rate:g}",
+            )
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("test accuracy on digits 5-9")
@@ -312,8 +346,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha-ratio", type=float, default=2.0, help="lora_alpha = ratio * r")
     p.add_argument("--lora-lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--results-dir", type=Path, default=None,
-                   help="default results/compare-<UTC time>")
+    p.add_argument(
+        "--results-dir", type=Path, default=None, help="default results/compare-<UTC time>"
+    )
     p.add_argument("--url", default=None, help="service URL (default: API_URL setting)")
 
 
@@ -330,6 +365,7 @@ def _fill_defaults(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``lora-service compare``; returns the process exit code."""
     _fill_defaults(args)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = get_settings()
     client = Client(args.url or settings.api_url, settings.api_key)
     client.wait_healthy(30)
@@ -365,9 +401,7 @@ def demo(args: argparse.Namespace) -> int:
         f"starting the embedded stack (API {settings.api_url}, database {settings.database_url},"
         f" MNIST from {settings.data_dir})"
     )
-    stack = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "dev"], start_new_session=True
-    )
+    stack = subprocess.Popen([sys.executable, "-m", "service.cli", "dev"], start_new_session=True)
     try:
         Client(settings.api_url, settings.api_key).wait_healthy(120)
         return run(args)
