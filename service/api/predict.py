@@ -163,8 +163,10 @@ def get_predictor(request: Request) -> Predictor:
     summary="Predict digits with a base model and an optional LoRA adapter",
     openapi_extra=_REQUEST_BODY,
     responses={
-        409: {"description": "The adapter belongs to another base model."},
+        409: {"model": ErrorResponse, "description": "The adapter belongs to another model."},
+        413: {"model": ErrorResponse, "description": "Body or image over the size limits."},
         415: {"model": ErrorResponse, "description": "Not JSON or multipart, or not an image."},
+        503: {"model": ErrorResponse, "description": "Artifact unreadable, or shutting down."},
     },
 )
 async def predict(request: Request) -> Response:
