@@ -181,7 +181,13 @@ def _seconds(job: dict) -> float:
 
 def run_comparison(client: Client, args: argparse.Namespace) -> tuple[dict, list[Row]]:
     """Submit every job, wait, evaluate, and return (pretrain summary, table rows)."""
-    pre_cfg = {"digits": PRETRAIN_DIGITS, "epochs": args.pretrain_epochs, "seed": args.seed}
+    limit = {"max_train_samples": args.max_train_samples} if args.max_train_samples else {}
+    pre_cfg = {
+        "digits": PRETRAIN_DIGITS,
+        "epochs": args.pretrain_epochs,
+        "seed": args.seed,
+        **limit,
+    }
     pre = client.submit("pretrain", pre_cfg)
     console.print(f"pretrain job {pre['id']} submitted")
     pre_final = watch(client, {"pretrain 0-4": pre["id"]})["pretrain 0-4"]
@@ -192,7 +198,7 @@ def run_comparison(client: Client, args: argparse.Namespace) -> tuple[dict, list
 
     jobs: dict[str, str] = {}
     configs: dict[str, tuple[str, int | None, float]] = {}
-    ft = {"digits": FINETUNE_DIGITS, "epochs": args.finetune_epochs, "seed": args.seed}
+    ft = {"digits": FINETUNE_DIGITS, "epochs": args.finetune_epochs, "seed": args.seed, **limit}
     for lr in FULL_LRS:
         label = f"full lr={lr:g}"
         jobs[label] = client.submit("finetune_full", {**ft, "lr": lr}, base_id)["id"]
@@ -346,6 +352,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha-ratio", type=float, default=2.0, help="lora_alpha = ratio * r")
     p.add_argument("--lora-lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max-train-samples", type=int, default=None, help="cap each train split (smoke runs)"
+    )
     p.add_argument(
         "--results-dir", type=Path, default=None, help="default results/compare-<UTC time>"
     )

@@ -1,0 +1,73 @@
+"""``lora-service compare`` against a real embedded stack (API + worker processes, SQLite).
+
+A small run (1 epoch each, capped train splits, ranks 1 and 4) checks the whole path: jobs
+through the REST API, the table, and the JSON / CSV / PNG written to the results directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from e2e_stack import API_KEY, Stack, embedded_backend, executable, mnist_dir, run_command
+
+pytestmark = pytest.mark.e2e
+
+LORA_PARAMS_PER_RANK = (784 + 1000) + (1000 + 2000) + (2000 + 5)  # r * (in + out) per linear
+
+
+@pytest.fixture(scope="module")
+def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    if not (mnist_dir() / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+        pytest.skip(f"MNIST raw files not found under {mnist_dir()}")
+    root = tmp_path_factory.mktemp("compare")
+    backend = embedded_backend(root, mnist_dir())
+    stack = Stack(backend, root)
+    try:
+        stack.migrate()
+        stack.start_api()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
+        backend.cleanup()
+
+
+def test_compare_writes_table_json_csv_png(embedded_stack: Stack, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    args = [
+        "lora-service", "compare", "--pretrain-epochs", "1", "--finetune-epochs", "1",
+        "--ranks", "1", "4", "--max-train-samples", "3000", "--results-dir", str(out),
+    ]  # fmt: skip
+    env = {**embedded_stack.env, "API_URL": embedded_stack.url, "API_KEY": API_KEY}
+    assert executable(args)[0].endswith("lora-service")
+    result = run_command(args, env, embedded_stack.root, timeout=900)
+    assert result.returncode == 0, (
+        result.stdout[-3000:] + result.stderr[-3000:] + embedded_stack.logs()
+    )
+    assert "Full fine-tuning vs LoRA" in result.stdout
+
+    payload = json.loads((out / "results.json").read_text())
+    rows = payload["rows"]
+    assert [(r["method"], r["rank"]) for r in rows] == [
+        ("full", None), ("full", None), ("lora", 1), ("lora", 4)
+    ]  # fmt: skip
+    assert {r["learning_rate"] for r in rows if r["method"] == "full"} == {1e-5, 1e-4}
+    base_params = payload["pretrain"]["parameters"]
+    assert base_params == 2_797_005
+    for row in rows:
+        assert 0.0 <= row["test_accuracy_5_9"] <= 1.0
+        if row["method"] == "lora":
+            assert row["trainable_parameters"] == row["rank"] * LORA_PARAMS_PER_RANK
+            # The base is served unchanged: its 0-4 accuracy is the pre-training job's.
+            assert row["served_accuracy_0_4"] == pytest.approx(
+                payload["pretrain"]["test_accuracy_0_4"], abs=1e-6
+            )
+        else:
+            assert row["trainable_parameters"] == base_params
+    with (out / "results.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == len(rows)
+    assert (out / "accuracy_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
