@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -46,20 +46,31 @@ class Settings(BaseSettings):
     training_queue: str = Field("training", description="Celery queue that training tasks use.")
     visibility_timeout: int = Field(
         3600,
-        ge=10,
+        ge=1,
         description="Redis visibility timeout (s): an unacknowledged message is redelivered "
-        "after this long. Leases stop a redelivery from running a live job twice.",
+        "after this long, even while its job still runs; the job's lease makes that "
+        "delivery a no-op. Keep it above the longest job to avoid such deliveries. Also how "
+        "long a queued job waits before its message is presumed lost and sent again.",
     )
     heartbeat_seconds: float = Field(
         5.0, gt=0, description="How often a running job renews its lease (s)."
     )
     lease_seconds: float = Field(
-        30.0, gt=0, description="A running job whose heartbeat is older than this is stale (s)."
+        30.0,
+        gt=0,
+        description="A running job whose heartbeat is older than this is stale: its worker "
+        "is presumed dead and the job is requeued (s). More than 2 x HEARTBEAT_SECONDS.",
     )
     reaper_seconds: float = Field(
         10.0, gt=0, description="How often workers look for stale jobs to requeue (s)."
     )
-    max_attempts: int = Field(3, ge=1, le=100, description="Attempts before a job ends failed.")
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Runs a job may start; when the worker of the last one dies too, the job "
+        "ends failed (worker_lost).",
+    )
     broker_poll_seconds: float = Field(
         0.1, gt=0, description="Polling interval of the embedded SQLite broker (s)."
     )
@@ -113,6 +124,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_heartbeats(self) -> Settings:
+        if self.lease_seconds <= 2 * self.heartbeat_seconds:
+            raise ValueError(
+                f"LEASE_SECONDS ({self.lease_seconds:g}) must exceed 2 x HEARTBEAT_SECONDS "
+                f"({self.heartbeat_seconds:g}): a worker gives its lease up after "
+                "LEASE_SECONDS - 2 x HEARTBEAT_SECONDS without a renewal."
+            )
+        return self
 
     @property
     def is_sqlite(self) -> bool:

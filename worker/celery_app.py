@@ -7,11 +7,20 @@ runs). Workers use the *solo* pool (``lora-service worker``): the task runs in t
 main process, so nothing forks after PyTorch has started threads. PyTorch is imported
 lazily, when the worker starts (``worker_init``) or a job runs, never by the API.
 
-Task state lives in the database (``jobs`` table), not in a Celery result backend.
+Task state lives in the database (``jobs`` table), not in a Celery result backend: none is
+configured, so ``broker_transport_options`` is the one place Celery reads
+``visibility_timeout`` from (a Redis result backend would read
+``result_backend_transport_options``).
 
 Brokers:
     * ``redis://...`` (production): ``visibility_timeout`` (``VISIBILITY_TIMEOUT``, seconds)
-      is how long Redis waits for an acknowledgement before redelivering a message.
+      is how long Redis waits for an acknowledgement before redelivering a message, to any
+      worker, even while the first one still runs the job (celery/celery#5935). With
+      ``acks_late`` a job longer than that is delivered again; the job's lease makes that
+      delivery a no-op (:mod:`worker.runner`), and a dead worker's job is requeued by the
+      reaper (:mod:`worker.reaper`) after ``LEASE_SECONDS``, not after the visibility
+      timeout. The API (producer) and the workers build the same options from one
+      ``Settings``.
     * ``sqla+sqlite:///...`` (embedded): kombu's SQLAlchemy transport through
       :mod:`worker.broker`, polled every ``BROKER_POLL_SECONDS``.
 """

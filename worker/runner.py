@@ -3,20 +3,25 @@
 :func:`run_job` is a plain function (the Celery task only calls it), so tests and tools can
 run a job in-process. The steps:
 
-1. Claim: ``queued -> running`` under this worker's lease (``attempt += 1``). A job that is
-   not ``queued`` (cancelled, finished, or claimed by another delivery) is left alone.
-2. A :class:`LeaseKeeper` thread renews ``heartbeat_at`` every ``HEARTBEAT_SECONDS``.
+1. Claim: ``queued -> running`` under this worker's lease (``attempt += 1``), or take over
+   a ``running`` job whose lease went stale (its worker died; see
+   :mod:`service.db.leases`). Any other job (lease alive, cancelled, finished, at the
+   attempt limit) is left alone: a redelivered message does nothing.
+2. A :class:`~worker.lease.LeaseKeeper` thread renews ``heartbeat_at`` every
+   ``HEARTBEAT_SECONDS`` and fences this worker if renewals stop succeeding.
 3. Build the data subset and the network (a fresh MLP, a copy of the base model, or the
    base with LoRA injected), then ``models.training.train`` with a per-epoch callback that
    upserts the epoch's metrics and progress, and a ``should_stop`` that asks the database
    for ``cancel_requested`` at most every ``CANCEL_POLL_SECONDS``. The resumable training
-   state goes to ``{artifact_dir}/checkpoints/{job_id}/`` after every epoch.
+   state goes to ``{artifact_dir}/checkpoints/{job_id}/`` after every epoch; a later
+   attempt resumes from it (weights, optimizer, RNG), re-recording the metrics of the
+   epochs it holds (upserts: still one row per epoch and name).
 4. Success: write the model (``{artifact_dir}/models/{id}/``) or the PEFT adapter
    (``{artifact_dir}/adapters/{id}/``), then in one transaction mark the job ``succeeded``
    and register the record. Artifact ids derive from the job id (``job_X`` -> ``mdl_X`` /
    ``adp_X``), so a repeated run rewrites the same files instead of adding new ones.
 5. Cancelled (at a step boundary or just before registration): nothing is registered, the
-   written files are removed, the job ends ``cancelled``.
+   written files and the checkpoint are removed, the job ends ``cancelled``.
 6. Any exception: ``failed`` with ``{code, message}`` (see :func:`describe_failure`).
 """
 
@@ -25,7 +30,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from typing import Any
 
@@ -33,9 +37,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.artifacts import adapter_dir, checkpoint_dir, checkpoint_file, model_dir, remove_tree
 from service.config import Settings, get_settings
-from service.db import registry
+from service.db import leases, registry
 from service.db.session import session_factory
 from service.db.tables import JobRecord
+from worker.lease import LeaseKeeper, StopCheck, fence_after
+from worker.resume import prepare_resume
 
 log = logging.getLogger(__name__)
 
@@ -80,97 +86,56 @@ def derived_id(prefix: str, job_id: str) -> str:
     return f"{prefix}_{job_id.removeprefix('job_')}"
 
 
-class StopCheck:
-    """``should_stop`` for the training loop: True once the job is cancelled or the lease is
-    gone. Asks the database at most every ``interval`` seconds, so polling it before every
-    step costs a clock read.
-    """
-
-    def __init__(
-        self, factory: sessionmaker[Session], job_id: str, worker_id: str, interval: float
-    ) -> None:
-        self.factory, self.job_id, self.worker_id, self.interval = (
-            factory,
-            job_id,
-            worker_id,
-            interval,
-        )
-        self.reason: str | None = None
-        self._next_poll = 0.0
-
-    def poll(self) -> str | None:
-        """Ask the database now; returns and remembers the reason to stop, if any."""
-        with self.factory() as session:
-            self.reason = self.reason or registry.stop_reason(session, self.job_id, self.worker_id)
-        self._next_poll = time.monotonic() + self.interval
-        return self.reason
-
-    def __call__(self) -> bool:
-        if self.reason is None and time.monotonic() >= self._next_poll:
-            self.poll()
-        return self.reason is not None
-
-
-class LeaseKeeper:
-    """Context manager: a daemon thread renewing the job's heartbeat every ``interval`` s.
-
-    A failed renewal (database briefly unreachable) is logged and retried at the next tick;
-    a renewal that finds the lease gone stops the thread and sets :attr:`lost`.
-    """
-
-    def __init__(
-        self, factory: sessionmaker[Session], job_id: str, worker_id: str, interval: float
-    ) -> None:
-        self.factory, self.job_id, self.worker_id, self.interval = (
-            factory,
-            job_id,
-            worker_id,
-            interval,
-        )
-        self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                with self.factory() as session:
-                    if not registry.renew_lease(session, self.job_id, self.worker_id):
-                        self.lost = True
-                        return
-            except Exception:  # keep training through a transient database error
-                log.warning("heartbeat of %s failed; retrying", self.job_id, exc_info=True)
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=max(self.interval, 5.0))
+def _claim(
+    factory: sessionmaker[Session], job_id: str, worker_id: str, settings: Settings
+) -> JobRecord | None:
+    """Claim a queued job, or take over a running one whose lease is stale; None if neither."""
+    with factory() as session:
+        job = registry.claim_job(session, job_id, worker_id)
+        if job is None:
+            job = leases.take_over_stale(
+                session,
+                job_id,
+                worker_id,
+                lease_seconds=settings.lease_seconds,
+                max_attempts=settings.max_attempts,
+            )
+            if job is not None:
+                log.warning("job %s: took over a stale lease (attempt %d)", job_id, job.attempt)
+    return job
 
 
 def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None = None) -> str:
     """Run job ``job_id`` to its end and return its final status.
 
     Returns:
-        ``succeeded``, ``failed`` or ``cancelled``; ``skipped`` when the job was not
-        ``queued`` (nothing done); ``lease_lost`` when another worker took the job over.
+        ``succeeded``, ``failed`` or ``cancelled``; ``skipped`` when there was nothing to
+        run (not queued and no stale lease: a redelivered message is a no-op);
+        ``lease_lost`` when this worker lost the lease (taken over, or fenced).
     Raises:
         Nothing from training: every exception ends the job ``failed``. Database errors
-        while claiming or recording the failure propagate (the message is then redelivered).
+        while claiming or recording the failure propagate (the lease then goes stale and
+        a reaper requeues the job).
     """
     settings = settings or get_settings()
     worker_id = worker_id or default_worker_id()
     factory = session_factory(settings.database_url)
-    with factory() as session:
-        job = registry.claim_job(session, job_id, worker_id)
+    before_claim = time.monotonic()
+    job = _claim(factory, job_id, worker_id, settings)
     if job is None:
-        log.info("job %s is not queued; nothing to do", job_id)
+        log.info("job %s: not queued and its lease (if any) is alive; nothing to do", job_id)
         return "skipped"
     log.info("job %s (%s) running, attempt %d, on %s", job_id, job.kind, job.attempt, worker_id)
-    stop = StopCheck(factory, job_id, worker_id, CANCEL_POLL_SECONDS)
-    with LeaseKeeper(factory, job_id, worker_id, settings.heartbeat_seconds):
+    keeper = LeaseKeeper(
+        factory,
+        job_id,
+        worker_id,
+        settings.heartbeat_seconds,
+        fence_seconds=fence_after(settings.lease_seconds, settings.heartbeat_seconds),
+        started=before_claim,
+    )
+    stop = StopCheck(factory, job_id, worker_id, CANCEL_POLL_SECONDS, lease=keeper)
+    with keeper:
         try:
             status = _train_and_publish(job, settings, factory, worker_id, stop)
         except Exception as exc:
@@ -181,17 +146,24 @@ def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None
                     session, job_id, code=code, message=message, worker_id=worker_id
                 )
             status = "failed"
-    log.info("job %s ended %s", job_id, status)
+    log.info("job %s ended %s (attempt %d)", job_id, status, job.attempt)
     return status
 
 
 def _finish_stopped(
-    factory: sessionmaker[Session], job: JobRecord, worker_id: str, reason: str | None
+    factory: sessionmaker[Session],
+    settings: Settings,
+    job: JobRecord,
+    worker_id: str,
+    reason: str | None,
 ) -> str:
-    """End a job that stopped before registering: ``cancelled`` if asked, else lease lost."""
+    """End a job that stopped before registering: ``cancelled`` if asked (its checkpoint
+    removed: a cancelled job never resumes), else ``lease_lost`` (nothing written)."""
     if reason == "cancel_requested":
         with factory() as session:
-            registry.finish_cancelled(session, job.id, worker_id)
+            done = registry.finish_cancelled(session, job.id, worker_id)
+        if done:
+            remove_tree(checkpoint_dir(settings, job.id))
         return "cancelled"
     return "lease_lost"
 
@@ -270,7 +242,9 @@ def _train_and_publish(
         splits.train_x, splits.train_y = splits.train_x[:n], splits.train_y[:n]
     model = _build_network(factory, job)
     if stop.poll():
-        return _finish_stopped(factory, job, worker_id, stop.reason)
+        return _finish_stopped(factory, settings, job, worker_id, stop.reason)
+    checkpoint = checkpoint_file(settings, job.id)
+    prepare_resume(factory, job, worker_id, checkpoint)
 
     def on_epoch(metrics: Any) -> bool:
         values = metrics.as_dict()
@@ -278,6 +252,7 @@ def _train_and_publish(
         with factory() as session:
             if not registry.record_epoch(session, job.id, worker_id, epoch, values):
                 stop.reason = stop.reason or "lease_lost"
+        log.info("job %s epoch %d/%d done (attempt %d)", job.id, epoch, job.epochs, job.attempt)
         return stop()
 
     result = train(
@@ -292,11 +267,11 @@ def _train_and_publish(
         ),
         on_epoch=on_epoch,
         should_stop=stop,
-        checkpoint_path=checkpoint_file(settings, job.id),
+        checkpoint_path=checkpoint,
         device=pick_device(),
     )
     if result.cancelled:
-        return _finish_stopped(factory, job, worker_id, stop.reason or stop.poll())
+        return _finish_stopped(factory, settings, job, worker_id, stop.reason or stop.poll())
     model.cpu()
     return _publish(job, settings, factory, worker_id, stop, model, result)
 
@@ -310,7 +285,11 @@ def _publish(
     model: Any,
     result: Any,
 ) -> str:
-    """Write the artifact, then mark succeeded + register in one transaction."""
+    """Write the artifact, then mark succeeded + register in one transaction.
+
+    Writes nothing once the lease is gone; if the job was taken over meanwhile and another
+    run registered its artifact (same path, derived from the job id), that is left alone.
+    """
     from models.adapter_io import save_adapter
     from models.checkpoint import save_model
     from models.classifier import count_parameters
@@ -325,6 +304,8 @@ def _publish(
         "train_seconds": result.train_seconds,
         "epochs_completed": result.epochs_completed,
     }
+    if stop.poll():
+        return _finish_stopped(factory, settings, job, worker_id, stop.reason)
     if job.kind == "finetune_lora":
         artifact_id = derived_id("adp", job.id)
         directory = adapter_dir(settings, artifact_id)
@@ -382,7 +363,10 @@ def _publish(
             )
         session.commit()
     if not done:
-        remove_tree(directory)
-        return _finish_stopped(factory, job, worker_id, stop.poll())
+        with factory() as session:
+            now = registry.get_job(session, job.id)
+        if now is None or now.status != "succeeded":
+            remove_tree(directory)
+        return _finish_stopped(factory, settings, job, worker_id, stop.poll())
     remove_tree(checkpoint_dir(settings, job.id))
     return "succeeded"

@@ -11,8 +11,10 @@ import os
 from celery import Task, shared_task
 
 from service.config import get_settings
-from worker import runner
+from worker import reaper, runner  # reaper: its worker_ready handler starts the reaper
 from worker.celery_app import RUN_JOB_TASK
+
+__all__ = ["reaper", "run_job"]
 
 
 @shared_task(name=RUN_JOB_TASK, bind=True, ignore_result=True, acks_late=True)
