@@ -121,25 +121,30 @@ def floor_steps(
 
 def run_interleaved(
     loops: dict[tuple[str, str], Callable[[], Iterator[object]]], device: torch.device
-) -> dict[tuple[str, str], float]:
-    """Run one epoch of every loop, CHUNK steps of each in turn; seconds per loop.
+) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], float]]:
+    """Run one epoch of every loop, CHUNK steps of each in turn.
 
     Interleaving spreads changes in machine load evenly over all loops, so their ratios
     stay meaningful on a shared machine. A loop's epoch time is the sum of its chunks.
+
+    Returns:
+        (wall seconds, process CPU seconds) per loop.
     """
     running = {key: make() for key, make in loops.items()}
-    seconds = dict.fromkeys(loops, 0.0)
+    wall = dict.fromkeys(loops, 0.0)
+    cpu = dict.fromkeys(loops, 0.0)
     while running:
         for key in list(running):
             sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(CHUNK):
                 if next(running[key], StopIteration) is StopIteration:
                     del running[key]
                     break
             sync(device)
-            seconds[key] += time.perf_counter() - t0
-    return seconds
+            wall[key] += time.perf_counter() - t0
+            cpu[key] += time.process_time() - c0
+    return wall, cpu
 
 
 class SeedMLP(nn.Module):
@@ -211,6 +216,7 @@ def main() -> int:
     config = TrainConfig(batch_size=BATCH)
 
     times: dict[str, dict[str, list[float]]] = {k: {"a": [], "b": [], "c": []} for k in KINDS}
+    cpu_times: dict[str, dict[str, list[float]]] = {k: {"a": [], "b": [], "c": []} for k in KINDS}
     models_a = {k: make_model(k, pretrained, device, seed_model=True) for k in KINDS}
     models_b = {k: make_model(k, pretrained, device) for k in KINDS}
     models_c = {k: copy.deepcopy(m) for k, m in models_b.items()}
@@ -229,22 +235,43 @@ def main() -> int:
             (kind, "c"): lambda: floor_steps(models_c[kind], opts_c[kind], fixed_x, fixed_y, steps),
         }
 
-    print(f"{'kind':<9} {'epoch':>5} {'(a) seed s':>11} {'(b) ours s':>11} {'(c) floor s':>12}")
+    print("seconds per epoch, wall (process CPU):")
+    print(f"{'kind':<9} {'epoch':>5} {'(a) seed':>16} {'(b) ours':>16} {'(c) floor':>16}")
     for epoch in range(1, args.epochs + 1):
         loops = {key: make for k in KINDS for key, make in loops_for(k).items()}
-        seconds = run_interleaved(loops, device)
+        wall, cpu = run_interleaved(loops, device)
         for kind in KINDS:
             for key in "abc":
-                times[kind][key].append(seconds[(kind, key)])
-            ta, tb, tc = (seconds[(kind, key)] for key in "abc")
-            print(f"{kind:<9} {epoch:>5} {ta:>11.2f} {tb:>11.2f} {tc:>12.2f}")
+                times[kind][key].append(wall[(kind, key)])
+                cpu_times[kind][key].append(cpu[(kind, key)])
+            cells = " ".join(f"{wall[(kind, k)]:>7.2f} ({cpu[(kind, k)]:>6.2f})" for k in "abc")
+            print(f"{kind:<9} {epoch:>5} {cells}")
     state_bytes = {k: optimizer_state_bytes(opt) for k, opt in opts_b.items()}
     tv = timed(device, evaluate, models_b["pretrain"], splits.val_x, splits.val_y)
     print(f"our validation pass ({splits.val_x.shape[0]} samples, not in (b)): {tv:.2f} s")
     print(f"load_avg_1m at the end: {os.getloadavg()[0]:.2f}")
 
+    bytes_ratio = state_bytes["lora_r8"] / state_bytes["full_ft"]
+    ok_bytes = bytes_ratio <= 0.05
+    print(
+        f"\nAdam state bytes: LoRA r=8 {state_bytes['lora_r8']:,} / full fine-tuning "
+        f"{state_bytes['full_ft']:,} = {bytes_ratio:.2%} [{verdict(ok_bytes)} <= 5%]"
+    )
+    ok_wall = report("wall seconds (the targets)", times)
+    report(
+        "process CPU seconds (less sensitive to other processes; inflated by spinning"
+        " OpenMP threads when threads > 1)",
+        cpu_times,
+    )
+    ok_all = ok_wall and ok_bytes
+    print(f"overall (wall): {verdict(ok_all)}")
+    return 0 if ok_all else 1
+
+
+def report(label: str, times: dict[str, dict[str, list[float]]]) -> bool:
+    """Print means per epoch and the time targets; True when all pass."""
     mean = {k: {key: statistics.fmean(v) for key, v in d.items()} for k, d in times.items()}
-    print("\nmean seconds per epoch:")
+    print(f"\nmean per epoch, {label}:")
     ok_all = True
     for kind in KINDS:
         a, b, c = mean[kind]["a"], mean[kind]["b"], mean[kind]["c"]
@@ -256,19 +283,12 @@ def main() -> int:
             f"(a)/(b) = {a / b:4.2f} [{verdict(ok_seed)} >= 2]"
         )
     lora_ratio = mean["lora_r8"]["b"] / mean["full_ft"]["b"]
-    bytes_ratio = state_bytes["lora_r8"] / state_bytes["full_ft"]
-    ok_lora, ok_bytes = lora_ratio <= 0.75, bytes_ratio <= 0.05
-    ok_all &= ok_lora and ok_bytes
+    ok_lora = lora_ratio <= 0.75
     print(
         f"  LoRA r=8 epoch / full fine-tuning epoch (ours) = {lora_ratio:.2f} "
         f"[{verdict(ok_lora)} <= 0.75]"
     )
-    print(
-        f"  Adam state bytes: LoRA r=8 {state_bytes['lora_r8']:,} / full fine-tuning "
-        f"{state_bytes['full_ft']:,} = {bytes_ratio:.2%} [{verdict(ok_bytes)} <= 5%]"
-    )
-    print(f"overall: {verdict(ok_all)}")
-    return 0 if ok_all else 1
+    return ok_all and ok_lora
 
 
 if __name__ == "__main__":
