@@ -368,15 +368,23 @@ def _resolve_job(
     return _Resolved(model_id, row.path, tuple(row.classes), adapter)
 
 
+_heap_frozen = False
+
+
 def _freeze_heap() -> None:
-    """Move every object alive now (libraries, app, base models) to the GC's permanent
-    generation (``gc.freeze``), once a base model has loaded.
+    """Once per process, when the first base model has loaded: move every object alive then
+    (libraries, app, the model) to the GC's permanent generation (``gc.freeze``).
 
     Without it each full collection rescans the ~300k objects of torch, FastAPI, pydantic
     and SQLAlchemy; under load that ran about once a second and took 100-190 ms on
     2 cores, and was the whole p99 of ``/predict``. Afterwards full collections only scan
-    objects created since. Process-wide, harmless: frozen objects are simply never freed.
+    objects created since. Process-wide; frozen objects are never collected as cycles, so
+    it runs once, over what lives as long as the process anyway.
     """
+    global _heap_frozen
+    if _heap_frozen:
+        return
+    _heap_frozen = True
     start = time.perf_counter()
     gc.collect()
     gc.freeze()
