@@ -145,3 +145,20 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once. Tests call ``get_settings.cache_clear()``."""
     return Settings()
+
+
+def settings_markdown() -> str:
+    """The settings as a Markdown table (environment variable, default, meaning).
+
+    The README's settings table is this output (tests/service/test_readme.py checks it).
+    """
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        shown = "(unset)" if default is None or default == [] else f"`{default}`"
+        lines.append(f"| `{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(settings_markdown())
