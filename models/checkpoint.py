@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load, load_file, save, save_file
 from torch import nn
 
@@ -311,7 +312,14 @@ def read_training_meta(path: str | Path) -> dict[str, Any] | None:
     path = Path(path)
     if not path.exists():
         return None
-    return _read_training_file(path)[1]
+    try:
+        with safe_open(str(path), framework="pt") as f:  # reads the header only
+            doc = json.loads((f.metadata() or {})["training_state"])
+    except Exception as exc:  # malformed safetensors, pickle files, missing metadata
+        raise CheckpointError(f"{path} is not a training-state file: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("version") != TRAINING_STATE_VERSION:
+        raise CheckpointError(f"{path}: unsupported training-state version")
+    return doc
 
 
 def load_training_state(

@@ -110,6 +110,8 @@ def test_training_state_rejects_pickles_and_other_models(tmp_path, small_model):
     torch.save({"model": small_model.state_dict(), "epoch": 1}, path)
     with pytest.raises(CheckpointError):
         load_training_state(path, small_model, opt)
+    with pytest.raises(CheckpointError):
+        read_training_meta(path)
     save_training_state(path, small_model, opt, epoch=1)
     wider = MLP(type(small_model.config)(hidden1=40, hidden2=48, n_classes=3))
     with pytest.raises(CheckpointError):
