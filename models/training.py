@@ -26,6 +26,7 @@ from models.checkpoint import load_training_state, read_training_meta, save_trai
 from models.data import DigitSplits
 
 EVAL_BATCH_SIZE = 8192
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -38,6 +39,11 @@ class TrainConfig:
         weight_decay: Adam (L2) weight decay, >= 0.
         batch_size: samples per step, >= 1 (the last batch of an epoch may be smaller).
         seed: seeds parameter-independent randomness: shuffling and dropout.
+        lr_schedule: ``"constant"`` (``lr`` throughout) or ``"cosine"``: epoch ``e``
+            (1-based) of ``E`` runs at ``lr * (1 + cos(pi * (e - 1) / E)) / 2``, the
+            per-epoch form of SGDR's cosine annealing (Loshchilov & Hutter 2017, eq. 5,
+            one cycle, eta_min = 0). Derived from the epoch number alone, so a resumed run
+            follows the same schedule.
     """
 
     epochs: int = 30
@@ -45,12 +51,21 @@ class TrainConfig:
     weight_decay: float = 1e-4
     batch_size: int = 128
     seed: int = 0
+    lr_schedule: str = "constant"
+
+    def epoch_lr(self, epoch: int) -> float:
+        """Learning rate of 1-based ``epoch`` under ``lr_schedule``."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / self.epochs))
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1:
             raise ValueError("epochs must be >= 0 and batch_size >= 1")
         if not self.lr > 0 or self.weight_decay < 0:
             raise ValueError("lr must be > 0 and weight_decay >= 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}")
 
 
 @dataclass
@@ -263,6 +278,8 @@ def train(
     cancelled = False
     for epoch in range(start_epoch + 1, config.epochs + 1):
         t0 = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = config.epoch_lr(epoch)
         train_loss, stopped = train_one_epoch(
             model, optimizer, data.train_x, data.train_y, config.batch_size, shuffle, should_stop
         )

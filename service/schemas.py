@@ -56,6 +56,11 @@ class _TrainingConfig(BaseModel):
     lr: float = Field(gt=0, le=1.0, description="Adam learning rate.")
     weight_decay: float = Field(ge=0, le=1.0, description="Adam (L2) weight decay.")
     batch_size: int = Field(128, ge=1, le=8192, description="Samples per optimisation step.")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "cosine",
+        description="Per-epoch learning rate: constant, or cosine annealing from lr towards 0 "
+        "(epoch e of E at lr * (1 + cos(pi * (e - 1) / E)) / 2).",
+    )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the split, init and shuffling.")
     val_fraction: float = Field(
         0.3, ge=0.05, le=0.5, description="Share of MNIST's training set held out for validation."

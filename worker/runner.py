@@ -264,6 +264,7 @@ def _train_and_publish(
             weight_decay=cfg["weight_decay"],
             batch_size=cfg["batch_size"],
             seed=cfg["seed"],
+            lr_schedule=cfg.get("lr_schedule", "constant"),
         ),
         on_epoch=on_epoch,
         should_stop=stop,

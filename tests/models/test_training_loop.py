@@ -54,15 +54,40 @@ def test_same_seed_gives_identical_weights(small_config, tiny_splits):
     assert_same_weights(a, b)
 
 
-def test_resume_after_on_epoch_stop_matches_uninterrupted_run(tmp_path, small_config, tiny_splits):
+def test_cosine_schedule_lr_per_epoch():
+    cfg = TrainConfig(epochs=4, lr=1e-3, lr_schedule="cosine")
+    assert [round(cfg.epoch_lr(e), 12) for e in (1, 2, 3, 4)] == [
+        1e-3,
+        round(1e-3 * (1 + 2**-0.5) / 2, 12),
+        5e-4,
+        round(1e-3 * (1 - 2**-0.5) / 2, 12),
+    ]
+    assert TrainConfig(epochs=4, lr=1e-3).epoch_lr(4) == 1e-3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="linear")
+
+
+def test_cosine_schedule_changes_training(small_config, tiny_splits):
+    constant, cosine = fresh_model(small_config), fresh_model(small_config)
+    train(constant, tiny_splits, CONFIG, device=CPU)
+    cos_cfg = TrainConfig(**{**CONFIG.__dict__, "lr_schedule": "cosine"})
+    train(cosine, tiny_splits, cos_cfg, device=CPU)
+    assert not torch.equal(constant.linear1.weight, cosine.linear1.weight)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_after_on_epoch_stop_matches_uninterrupted_run(
+    tmp_path, small_config, tiny_splits, schedule
+):
+    config = TrainConfig(**{**CONFIG.__dict__, "lr_schedule": schedule})
     reference = fresh_model(small_config)
-    train(reference, tiny_splits, CONFIG, device=CPU)
+    train(reference, tiny_splits, config, device=CPU)
 
     ckpt = tmp_path / "train.ckpt"
     first = train(
         fresh_model(small_config),
         tiny_splits,
-        CONFIG,
+        config,
         checkpoint_path=ckpt,
         on_epoch=lambda m: m.epoch == 2,
         device=CPU,
@@ -70,7 +95,7 @@ def test_resume_after_on_epoch_stop_matches_uninterrupted_run(tmp_path, small_co
     assert first.cancelled and first.epochs_completed == 2 and first.test_accuracy is None
     torch.manual_seed(12345)  # the resumed run must not depend on the caller's RNG state
     resumed_model = fresh_model(small_config, init_seed=99)
-    resumed = train(resumed_model, tiny_splits, CONFIG, checkpoint_path=ckpt, device=CPU)
+    resumed = train(resumed_model, tiny_splits, config, checkpoint_path=ckpt, device=CPU)
     assert not resumed.cancelled and resumed.epochs_completed == 3
     assert [m.epoch for m in resumed.history] == [1, 2, 3]
     assert_same_weights(resumed_model, reference)
