@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import PlainTextResponse
 
 from service.api.deps import SessionDep, SettingsDep
@@ -20,13 +20,33 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "Unknown job id."}}
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[!-~]+$",
+        description="Client-chosen key (1-200 visible ASCII characters, e.g. a UUID). "
+        "Repeating a request with the same key returns the job it created (200, header "
+        "`Idempotent-Replayed: true`) instead of creating another; the same key with a "
+        "different request is 409 `idempotency_key_reused`.",
+    ),
+]
+
+
 @router.post(
     "",
     status_code=202,
     response_model=JobOut,
     responses={
+        200: {"model": JobOut, "description": "Idempotency-Key replay: the job created first."},
         404: {"model": ErrorResponse, "description": "Unknown base model."},
-        503: {"model": ErrorResponse, "description": "Broker unreachable."},
+        409: {
+            "model": ErrorResponse,
+            "description": "Idempotency-Key already used for a different request.",
+        },
+        503: {"model": ErrorResponse, "description": "Broker unreachable, or database busy."},
     },
 )
 def create_job(
@@ -34,18 +54,23 @@ def create_job(
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     """Submit a training job; answers 202 with the queued job and a ``Location`` header."""
     request = body.root
-    job = submit_job(
+    job, replayed = submit_job(
         session,
         settings,
         kind=request.kind,
         config=request.config,
         base_model_id=request.base_model_id,
         enqueue=enqueue_job,
+        idempotency_key=idempotency_key,
     )
     response.headers["Location"] = f"/jobs/{job.id}"
+    if replayed:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
     return job_out(job)
 
 
