@@ -78,7 +78,7 @@ class LeaseKeeper:
             try:
                 with self.factory() as session:
                     if not registry.renew_lease(session, self.job_id, self.worker_id):
-                        log.warning("lease of %s lost (taken over or ended)", self.job_id)
+                        log.info("lease of %s no longer held (ended or taken over)", self.job_id)
                         self.lost = True
                         return
                 self.renewed_at = before

@@ -20,6 +20,7 @@ from typing import Any
 
 from celery.signals import worker_ready
 
+from service.artifacts import checkpoint_dir, remove_tree
 from service.config import Settings, get_settings
 from service.db.leases import ReapResult, reap
 from service.db.session import session_factory
@@ -32,6 +33,8 @@ def reap_once(settings: Settings, send: Callable[[str], None] | None = None) -> 
 
     Args:
         send: sends ``run_job(job_id)``; default :func:`worker.celery_app.enqueue_job`.
+    Removes the checkpoints of the jobs it ended (cancelled or failed: never resumed).
+
     Returns:
         What the pass did. Raises database errors (the thread logs them and goes on).
     """
@@ -49,6 +52,8 @@ def reap_once(settings: Settings, send: Callable[[str], None] | None = None) -> 
             resend_after=float(settings.visibility_timeout),
             send=send,
         )
+    for job_id in (*result.cancelled, *result.failed):
+        remove_tree(checkpoint_dir(settings, job_id))  # these jobs never resume
     if result:
         log.warning(
             "reaper: requeued %s, failed %s, cancelled %s, re-sent %s, send errors %s",

@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.artifacts import adapter_dir, checkpoint_dir, checkpoint_file, model_dir, remove_tree
 from service.config import Settings, get_settings
 from service.db import leases, registry
+from service.db.retry import retry_locked
 from service.db.session import session_factory
 from service.db.tables import JobRecord
 from worker.lease import LeaseKeeper, StopCheck, fence_after
@@ -91,14 +92,17 @@ def _claim(
 ) -> JobRecord | None:
     """Claim a queued job, or take over a running one whose lease is stale; None if neither."""
     with factory() as session:
-        job = registry.claim_job(session, job_id, worker_id)
+        job = retry_locked(session, lambda: registry.claim_job(session, job_id, worker_id))
         if job is None:
-            job = leases.take_over_stale(
+            job = retry_locked(
                 session,
-                job_id,
-                worker_id,
-                lease_seconds=settings.lease_seconds,
-                max_attempts=settings.max_attempts,
+                lambda: leases.take_over_stale(
+                    session,
+                    job_id,
+                    worker_id,
+                    lease_seconds=settings.lease_seconds,
+                    max_attempts=settings.max_attempts,
+                ),
             )
             if job is not None:
                 log.warning("job %s: took over a stale lease (attempt %d)", job_id, job.attempt)
@@ -123,7 +127,7 @@ def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None
     before_claim = time.monotonic()
     job = _claim(factory, job_id, worker_id, settings)
     if job is None:
-        log.info("job %s: not queued and its lease (if any) is alive; nothing to do", job_id)
+        log.info("job %s is not queued and holds no stale lease; nothing to do", job_id)
         return "skipped"
     log.info("job %s (%s) running, attempt %d, on %s", job_id, job.kind, job.attempt, worker_id)
     keeper = LeaseKeeper(
@@ -250,7 +254,9 @@ def _train_and_publish(
         values = metrics.as_dict()
         epoch = int(values.pop("epoch"))
         with factory() as session:
-            if not registry.record_epoch(session, job.id, worker_id, epoch, values):
+            if not retry_locked(
+                session, lambda: registry.record_epoch(session, job.id, worker_id, epoch, values)
+            ):
                 stop.reason = stop.reason or "lease_lost"
         log.info("job %s epoch %d/%d done (attempt %d)", job.id, epoch, job.epochs, job.attempt)
         return stop()
