@@ -222,6 +222,8 @@ def reap(
     lost = session.scalars(select(JobRecord.id).where(*waiting).limit(REAP_BATCH)).all()
     session.rollback()
     for job_id in lost:
+        if job_id in result.send_errors:
+            continue  # its send just failed: next pass
         won = _count(
             session,
             update(JobRecord).where(JobRecord.id == job_id, *waiting).values(heartbeat_at=now),
