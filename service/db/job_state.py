@@ -8,6 +8,7 @@
 The worker that claims a job holds its *lease*: ``worker_id`` plus ``heartbeat_at``, renewed
 by :func:`renew_lease` every ``HEARTBEAT_SECONDS``. Worker-side transitions require the
 lease, so a worker that lost it (a stale lease handed to another attempt) changes nothing.
+Stale leases (dead workers) are requeued, taken over or ended by :mod:`service.db.leases`.
 Re-exported by :mod:`service.db.registry`; callers import from there.
 """
 
