@@ -60,7 +60,7 @@ def get_engine(url: str) -> Engine:
 
 
 def session_factory(url: str) -> sessionmaker[Session]:
-    """A ``sessionmaker`` bound to the cached engine for ``url`` (objects stay usable after commit)."""
+    """A ``sessionmaker`` on the cached engine for ``url`` (objects stay usable after commit)."""
     return sessionmaker(bind=get_engine(url), expire_on_commit=False)
 
 
