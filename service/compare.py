@@ -6,8 +6,8 @@ ranks 1..64 on digits 5-9, shows a progress bar per job, and when all finish pri
 and writes ``results.json``, ``results.csv`` and ``accuracy_vs_params.png`` to a results
 directory. ``--quick`` runs the same comparison with fewer epochs.
 
-``lora-service demo`` does the same on the embedded default with nothing running yet: it
-migrates, starts the API and one worker, runs ``compare``, and stops both.
+``lora-service demo`` (service/demo.py) does the same on the embedded default with nothing
+running yet.
 """
 
 from __future__ import annotations
@@ -393,41 +393,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo(args: argparse.Namespace) -> int:
-    """Entry point of ``lora-service demo``: embedded stack up, ``compare``, stack down.
-
-    Starts ``lora-service dev`` (migrate, then API + one worker on SQLite) as a child process
-    group, waits for ``/health``, runs the comparison, and stops the stack (SIGINT, then
-    SIGKILL after 20 s) whatever the outcome.
-    """
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    settings = get_settings()
-    console.print(
-        f"starting the embedded stack (API {settings.api_url}, database {settings.database_url},"
-        f" MNIST from {settings.data_dir})"
-    )
-    stack = subprocess.Popen([sys.executable, "-m", "service.cli", "dev"], start_new_session=True)
-    try:
-        Client(settings.api_url, settings.api_key).wait_healthy(120)
-        return run(args)
-    finally:
-        os.killpg(stack.pid, signal.SIGINT)
-        try:
-            stack.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(stack.pid, signal.SIGKILL)
-            stack.wait()
-
-
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``compare`` and ``demo`` subcommands on the CLI."""
     p = subparsers.add_parser("compare", help="run the full-FT vs LoRA comparison via the API")
     add_arguments(p)
     p.set_defaults(func=run)
+    from service.demo import demo
+
     d = subparsers.add_parser("demo", help="start the embedded stack and run `compare` on it")
     add_arguments(d)
     d.set_defaults(func=demo)

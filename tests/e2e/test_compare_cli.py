@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_stack import API_KEY, Stack, embedded_backend, executable, mnist_dir, run_command
+from e2e_stack import (
+    API_KEY,
+    Stack,
+    embedded_backend,
+    executable,
+    free_port,
+    mnist_dir,
+    run_command,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -71,3 +80,29 @@ def test_compare_writes_table_json_csv_png(embedded_stack: Stack, tmp_path: Path
     with (out / "results.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == len(rows)
     assert (out / "accuracy_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_starts_the_embedded_stack_runs_compare_and_stops_it(tmp_path: Path) -> None:
+    """``lora-service demo`` from an empty folder: migrate, API + worker, compare, shut down."""
+    if not (mnist_dir() / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+        pytest.skip(f"MNIST raw files not found under {mnist_dir()}")
+    port = free_port()
+    env = {
+        "DATA_DIR": str(mnist_dir()),
+        "MNIST_DOWNLOAD": "false",
+        "PORT": str(port),
+        "API_URL": f"http://127.0.0.1:{port}",
+    }
+    args = [
+        "lora-service", "demo", "--pretrain-epochs", "1", "--finetune-epochs", "1",
+        "--ranks", "2", "--max-train-samples", "1000", "--results-dir", "out",
+    ]  # fmt: skip
+    result = run_command(args, env, tmp_path, timeout=600)
+    log = (tmp_path / "var" / "demo-stack.log").read_text(errors="replace")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + log[-3000:]
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    assert [(r["method"], r["rank"]) for r in rows] == [("full", None), ("full", None), ("lora", 2)]
+    assert (tmp_path / "var" / "lora.db").exists()  # the embedded default's database
+    assert " ready." in log  # the worker ran under the demo
+    with socket.socket() as sock:  # and the API is gone afterwards
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
