@@ -114,6 +114,18 @@ class MLP(nn.Module):
         self.relu = nn.ReLU()
         self.dropout = Dropout(c.dropout)
 
+    def set_dropout(self, p: float) -> None:
+        """Train with dropout probability ``p`` on the hidden layers from now on.
+
+        For fine-tuning with another rate than pre-training (LoRA fine-tunes default to 0:
+        the frozen base then sees clean activations). The architecture ``config``, which
+        checkpoints record, is unchanged; dropout is inactive in eval mode either way.
+
+        Raises:
+            ValueError: ``p`` outside [0, 1).
+        """
+        self.dropout = Dropout(p)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map images to logits.
 

@@ -38,6 +38,7 @@ LinearName = Literal["linear1", "linear2", "linear3"]
 MAX_EPOCHS = 500
 MAX_HIDDEN = 8192
 MAX_RANK = 1024
+FULL_FT_DROPOUT = 0.5
 MAX_SEED = 2**31 - 1
 MNIST_TRAIN_SIZE = 60_000
 
@@ -105,6 +106,13 @@ class FinetuneFullConfig(_TrainingConfig):
     epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
     lr: float = Field(1e-5, gt=0, le=1.0)
     weight_decay: float = Field(1e-4, ge=0, le=1.0)
+    dropout: float = Field(
+        FULL_FT_DROPOUT,
+        ge=0,
+        le=0.9,
+        description="Dropout on the hidden layers while fine-tuning (the base's architecture "
+        "is unchanged; dropout is off at inference).",
+    )
 
 
 class FinetuneLoraConfig(_TrainingConfig):
@@ -122,7 +130,20 @@ class FinetuneLoraConfig(_TrainingConfig):
         le=MAX_RANK,
         description="Rank of the update; at most the input width of every targeted layer.",
     )
-    lora_alpha: float = Field(16.0, gt=0, le=4096, description="Scale numerator: alpha / r.")
+    lora_alpha: float | None = Field(
+        None,
+        gt=0,
+        le=4096,
+        description="Scale numerator: scaling = lora_alpha / r (or / sqrt(r) with use_rslora). "
+        "Default (null) 2 * r, so scaling is 2 at every rank.",
+    )
+    dropout: float = Field(
+        0.0,
+        ge=0,
+        le=0.9,
+        description="Dropout on the frozen base's hidden layers while training the adapter "
+        "(default 0: the adapter learns from clean activations, which measured better).",
+    )
     target_modules: list[LinearName] = Field(
         default_factory=lambda: ["linear1", "linear2", "linear3"],
         min_length=1,
@@ -138,6 +159,12 @@ class FinetuneLoraConfig(_TrainingConfig):
         if len(set(names)) != len(names):
             raise ValueError("target_modules must be distinct")
         return names
+
+    @model_validator(mode="after")
+    def _default_alpha(self) -> FinetuneLoraConfig:
+        if self.lora_alpha is None:
+            self.lora_alpha = 2.0 * self.r
+        return self
 
 
 class _JobCreate(BaseModel):

@@ -211,6 +211,8 @@ def _build_network(factory: sessionmaker[Session], job: JobRecord) -> Any:
             f"Base model {job.base_model_id} has {meta.config.n_classes} outputs; "
             f"{len(cfg['digits'])} digits were requested.",
         )
+    if "dropout" in cfg:  # fine-tuning dropout (configs from before the field keep the base's)
+        model.set_dropout(cfg["dropout"])
     if job.kind == "finetune_lora":
         lora = LoraConfig(
             r=cfg["r"],

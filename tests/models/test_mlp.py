@@ -49,3 +49,14 @@ def test_dropout_matches_nn_dropout_semantics():
     assert drop(x) is x
     with pytest.raises(ValueError):
         Dropout(1.0)
+
+
+def test_set_dropout_changes_training_noise_not_the_architecture():
+    model = MLP(MLPConfig(hidden1=64, hidden2=64, n_classes=3, dropout=0.5)).train()
+    x = torch.randn(8, 784)
+    assert not torch.equal(model(x), model(x))  # p = 0.5: two passes differ
+    model.set_dropout(0.0)
+    torch.testing.assert_close(model(x), model(x))  # no dropout: deterministic in train mode
+    assert model.config.dropout == 0.5
+    with pytest.raises(ValueError):
+        model.set_dropout(1.0)

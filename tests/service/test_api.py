@@ -127,6 +127,12 @@ def test_create_job_fills_defaults(client, base_model: str) -> None:
     assert (config["r"], config["lora_alpha"], config["lr"]) == (8, 16.0, 1e-3)
     assert config["target_modules"] == ["linear1", "linear2", "linear3"]
     assert config["digits"] == [5, 6, 7, 8, 9]
+    assert (config["dropout"], config["lr_schedule"]) == (0.0, "cosine")
+    big = client.post(
+        "/jobs", json={"kind": "finetune_lora", "base_model_id": base_model, "config": {"r": 16}}
+    )
+    assert big.status_code == 202, big.text
+    assert big.json()["config"]["lora_alpha"] == 32.0  # default alpha = 2 r
 
 
 def test_list_jobs_filters_and_pages(client, base_model: str) -> None:

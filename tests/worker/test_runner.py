@@ -101,3 +101,19 @@ def test_lease_keeper_renews_heartbeat(migrated) -> None:
         time.sleep(0.3)
     assert not keeper.lost
     assert _job(migrated, job_id).heartbeat_at > first
+
+
+def test_finetunes_train_with_their_configured_dropout(migrated) -> None:
+    base_job = _submit(migrated, config={**TINY, "dropout": 0.5})
+    assert runner.run_job(base_job, migrated, worker_id="w") == "succeeded"
+    base = _job(migrated, base_job).result_model_id
+    factory = session_factory(migrated.database_url)
+    for kind, config, expected in [
+        ("finetune_lora", {}, 0.0),  # LoRA default: the frozen base without dropout
+        ("finetune_full", {}, 0.5),
+        ("finetune_full", {"dropout": 0.2}, 0.2),
+    ]:
+        job = _job(migrated, _submit(migrated, kind, {"digits": [5, 6, 7, 8, 9], **config}, base))
+        network = runner._build_network(factory, job)
+        assert network.dropout.p == expected, (kind, config)
+        assert network.config.dropout == 0.5  # the architecture record is unchanged
