@@ -205,9 +205,14 @@ def run_comparison(client: Client, args: argparse.Namespace) -> tuple[dict, list
         configs[label] = ("full", None, lr)
     for r in args.ranks:
         label = f"lora r={r}"
-        cfg = {**ft, "r": r, "lora_alpha": args.alpha_ratio * r, "lr": args.lora_lr}
-        jobs[label] = client.submit("finetune_lora", cfg, base_id)["id"]
-        configs[label] = ("lora", r, args.lora_lr)
+        cfg = {**ft, "r": r}
+        if args.alpha_ratio is not None:
+            cfg["lora_alpha"] = args.alpha_ratio * r
+        if args.lora_lr is not None:
+            cfg["lr"] = args.lora_lr
+        job = client.submit("finetune_lora", cfg, base_id)
+        jobs[label] = job["id"]
+        configs[label] = ("lora", r, job["config"]["lr"])
     finals = watch(client, jobs)
 
     rows: list[Row] = []
@@ -349,8 +354,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrain-epochs", type=int, default=None, help="default 30 (quick: 3)")
     p.add_argument("--finetune-epochs", type=int, default=None, help="default 10 (quick: 2)")
     p.add_argument("--ranks", type=int, nargs="+", default=list(DEFAULT_RANKS))
-    p.add_argument("--alpha-ratio", type=float, default=2.0, help="lora_alpha = ratio * r")
-    p.add_argument("--lora-lr", type=float, default=1e-3)
+    p.add_argument(
+        "--alpha-ratio", type=float, default=None, help="lora_alpha = ratio * r (service: 2)"
+    )
+    p.add_argument("--lora-lr", type=float, default=None, help="LoRA learning rate (service: 1e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--max-train-samples", type=int, default=None, help="cap each train split (smoke runs)"
