@@ -38,7 +38,7 @@ LinearName = Literal["linear1", "linear2", "linear3"]
 MAX_EPOCHS = 500
 MAX_HIDDEN = 8192
 MAX_RANK = 1024
-FULL_FT_DROPOUT = 0.5
+FULL_FT_DROPOUT = 0.0
 MAX_SEED = 2**31 - 1
 MNIST_TRAIN_SIZE = 60_000
 
@@ -110,8 +110,8 @@ class FinetuneFullConfig(_TrainingConfig):
         FULL_FT_DROPOUT,
         ge=0,
         le=0.9,
-        description="Dropout on the hidden layers while fine-tuning (the base's architecture "
-        "is unchanged; dropout is off at inference).",
+        description="Dropout on the hidden layers while fine-tuning (default 0, which measured "
+        "better than the base's 0.5; the architecture is unchanged, dropout is off at inference).",
     )
 
 

@@ -110,7 +110,7 @@ def test_finetunes_train_with_their_configured_dropout(migrated) -> None:
     factory = session_factory(migrated.database_url)
     for kind, config, expected in [
         ("finetune_lora", {}, 0.0),  # LoRA default: the frozen base without dropout
-        ("finetune_full", {}, 0.5),
+        ("finetune_full", {}, 0.0),
         ("finetune_full", {"dropout": 0.2}, 0.2),
     ]:
         job = _job(migrated, _submit(migrated, kind, {"digits": [5, 6, 7, 8, 9], **config}, base))
