@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -35,7 +36,8 @@ PRETRAIN_DIGITS = [0, 1, 2, 3, 4]
 FINETUNE_DIGITS = [5, 6, 7, 8, 9]
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
-console = Console()
+# A pipe or log file gets a table wide enough for every column (rich assumes 80 otherwise).
+console = Console() if sys.stdout.isatty() else Console(width=120)
 
 
 class CompareError(RuntimeError):
@@ -342,7 +344,7 @@ def write_results(
     ax.set_ylabel("test accuracy on digits 5-9")
     ax.set_title("MNIST 0-4 -> 5-9: accuracy vs trainable parameters")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(directory / "accuracy_vs_params.png", dpi=120)
     plt.close(fig)
