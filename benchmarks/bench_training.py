@@ -22,6 +22,10 @@ fine-tuning's. Wall times are seconds; they depend on the machine's load
 (printed at the start), so compare figures from one run only.
 
 Usage: python benchmarks/bench_training.py [--epochs 1] [--data-dir DIR] [--threads N]
+                                          [--finetune-dropout 0.5]
+
+``--finetune-dropout 0`` times the fine-tunes as the service runs them by default (its
+fine-tuning jobs train without dropout); pre-training keeps the seed's 0.5 either way.
 """
 
 from __future__ import annotations
@@ -166,12 +170,23 @@ class SeedMLP(nn.Module):
 
 
 def make_model(
-    kind: str, pretrained: dict[str, torch.Tensor], device: torch.device, seed_model: bool = False
+    kind: str,
+    pretrained: dict[str, torch.Tensor],
+    device: torch.device,
+    seed_model: bool = False,
+    finetune_dropout: float = 0.5,
 ) -> nn.Module:
-    """A model for ``kind``; ``seed_model`` selects the notebook's class instead of ours."""
+    """A model for ``kind``; ``seed_model`` selects the notebook's class instead of ours.
+
+    Fine-tuning kinds train with dropout ``finetune_dropout`` in (a), (b) and (c) alike.
+    """
     model = SeedMLP(len(CLASSES)) if seed_model else MLP(MLPConfig(n_classes=len(CLASSES)))
     if kind != "pretrain":
         model.load_state_dict(pretrained)
+        if seed_model:
+            model.dropout = nn.Dropout(finetune_dropout)
+        else:
+            model.set_dropout(finetune_dropout)
     if kind == "lora_r8":
         inject_lora(model, LoraConfig(r=8, lora_alpha=16))
     return model.to(device)
@@ -196,13 +211,20 @@ def main() -> int:
     default_data = os.environ.get("DATA_DIR") or str(REPO_ROOT.parent / "shared" / "data")
     parser.add_argument("--data-dir", default=default_data, help="directory holding MNIST/raw")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--finetune-dropout",
+        type=float,
+        default=0.5,
+        help="dropout of the fine-tuning loops (the seed's 0.5; the service's default is 0)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device()
     print(
         f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
-        f"cpus={os.cpu_count()} load_avg_1m={os.getloadavg()[0]:.2f} epochs={args.epochs}"
+        f"cpus={os.cpu_count()} load_avg_1m={os.getloadavg()[0]:.2f} epochs={args.epochs} "
+        f"finetune_dropout={args.finetune_dropout}"
     )
 
     splits = load_digit_splits(args.data_dir, classes=CLASSES, seed=0).to(device)
@@ -217,8 +239,9 @@ def main() -> int:
 
     times: dict[str, dict[str, list[float]]] = {k: {"a": [], "b": [], "c": []} for k in KINDS}
     cpu_times: dict[str, dict[str, list[float]]] = {k: {"a": [], "b": [], "c": []} for k in KINDS}
-    models_a = {k: make_model(k, pretrained, device, seed_model=True) for k in KINDS}
-    models_b = {k: make_model(k, pretrained, device) for k in KINDS}
+    drop = args.finetune_dropout
+    models_a = {k: make_model(k, pretrained, device, True, drop) for k in KINDS}
+    models_b = {k: make_model(k, pretrained, device, False, drop) for k in KINDS}
     models_c = {k: copy.deepcopy(m) for k, m in models_b.items()}
     opts_b = {k: make_optimizer(m, config) for k, m in models_b.items()}
     opts_c = {k: make_optimizer(m, config) for k, m in models_c.items()}
