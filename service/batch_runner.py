@@ -39,7 +39,7 @@ from service.adapter_cache import LRUCache
 from service.config import Settings
 from service.db.session import get_engine
 from service.db.tables import AdapterRecord, ModelRecord
-from service.errors import ApiError, not_found
+from service.errors import ApiError, artifact_unavailable, not_found
 
 log = logging.getLogger(__name__)
 
@@ -298,9 +298,10 @@ class BatchRunner:
                 model, meta = load_model(path)
             except (OSError, ValueError) as exc:
                 log.exception("cannot load model %s from %s", model_id, path)
-                raise _unavailable("model", model_id, exc) from exc
+                raise artifact_unavailable("model", model_id, exc) from exc
             if len(classes) != meta.config.n_classes:
-                raise _unavailable("model", model_id, f"{len(classes)} classes for its head")
+                why = f"{len(classes)} classes for its head"
+                raise artifact_unavailable("model", model_id, why)
             model.eval().requires_grad_(False)
             loaded = LoadedModel(model_id, path, model, classes)
             self._models[model_id] = loaded
@@ -324,9 +325,10 @@ class BatchRunner:
                 )
             except (OSError, ValueError) as exc:
                 log.exception("cannot load adapter %s from %s", adapter_id, path)
-                raise _unavailable("adapter", adapter_id, exc) from exc
+                raise artifact_unavailable("adapter", adapter_id, exc) from exc
             if len(classes) != base.model.config.n_classes:
-                raise _unavailable("adapter", adapter_id, f"{len(classes)} classes for the head")
+                why = f"{len(classes)} classes for the head"
+                raise artifact_unavailable("adapter", adapter_id, why)
             return LoadedAdapter(adapter_id, base.model_id, path, weights, classes)
 
         return self.cache.get_or_load(adapter_id, load)
@@ -392,12 +394,4 @@ def _freeze_heap() -> None:
         "gc.freeze(): %d objects frozen in %.1f ms",
         gc.get_freeze_count(),
         (time.perf_counter() - start) * 1000,
-    )
-
-
-def _unavailable(kind: str, ident: str, why: object) -> ApiError:
-    return ApiError(
-        503,
-        "artifact_unavailable",
-        f"The {kind} {ident!r} is registered but cannot be loaded: {why}",
     )

@@ -51,6 +51,15 @@ def not_found(kind: str, ident: str, param: str | None = None) -> ApiError:
     return ApiError(404, f"{kind}_not_found", f"No {kind} with id {ident!r}.", param)
 
 
+def artifact_unavailable(kind: str, ident: str, why: object) -> ApiError:
+    """A 503 ``ApiError``: a registered ``kind`` whose files cannot be loaded (gone, corrupt)."""
+    return ApiError(
+        503,
+        "artifact_unavailable",
+        f"The {kind} {ident!r} is registered but cannot be loaded: {why}",
+    )
+
+
 def error_response(
     status: int, code: str, message: str, param: str | None = None, headers: Any = None
 ) -> JSONResponse:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from service.db.session import session_factory
 from service.db.tables import AdapterRecord, ModelRecord
-from service.errors import ApiError, ErrorResponse, not_found
+from service.errors import ApiError, ErrorResponse, artifact_unavailable, not_found
 
 router = APIRouter(tags=["evaluate"])
 
@@ -86,7 +86,11 @@ SessionDep = Annotated[Session, Depends(_db)]
 @router.post(
     "/evaluate",
     response_model=EvaluateResponse,
-    responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+    responses={
+        404: {"model": ErrorResponse},
+        409: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
+    },
 )
 def evaluate(body: EvaluateRequest, request: Request, db: SessionDep) -> EvaluateResponse:
     """Accuracy of a model (and adapter) on the MNIST test images of ``digits``."""
@@ -107,7 +111,7 @@ def evaluate(body: EvaluateRequest, request: Request, db: SessionDep) -> Evaluat
         if adapter_rec.base_model_id != record.id:
             raise ApiError(
                 409,
-                "adapter_base_mismatch",
+                "adapter_model_mismatch",
                 f"Adapter {adapter_rec.id!r} belongs to model {adapter_rec.base_model_id!r}, "
                 f"not {record.id!r}.",
                 "adapter_id",
@@ -128,9 +132,17 @@ def evaluate(body: EvaluateRequest, request: Request, db: SessionDep) -> Evaluat
         raise ApiError(503, "data_unavailable", f"MNIST test set unavailable: {exc}") from exc
     mask = torch.isin(labels, torch.tensor(digits))
     x, y = images[mask], labels[mask]
-    model, meta = load_model(Path(record.path))
+    try:
+        model, meta = load_model(Path(record.path))
+    except (OSError, ValueError) as exc:  # files gone or corrupt (CheckpointError)
+        raise artifact_unavailable("model", record.id, exc) from exc
     if body.adapter_id is not None:
-        adapter = load_adapter(Path(adapter_rec.path), meta.config)
+        try:
+            adapter = load_adapter(
+                Path(adapter_rec.path), meta.config, max_bytes=settings.max_adapter_bytes
+            )
+        except (OSError, ValueError) as exc:  # files gone or corrupt (AdapterError)
+            raise artifact_unavailable("adapter", adapter_rec.id, exc) from exc
     model.eval()
     with torch.inference_mode():
         logits = forward_with_adapters(model, x, [adapter] * len(x))

@@ -53,6 +53,8 @@ def health(settings: SettingsDep) -> HealthOut | JSONResponse:
     """200 when the database (migrated) and the broker are reachable; 503 otherwise."""
     problems = [p for p in (check_database(settings), check_broker(settings)) if p]
     if problems:
+        # The details (hosts, users, driver messages) go to the log, not to this public endpoint.
         log.warning("health check failed: %s", "; ".join(problems))
-        return error_response(503, "unhealthy", "; ".join(problems))
+        failing = " and ".join(p.split(":", 1)[0] for p in problems)
+        return error_response(503, "unhealthy", f"Unreachable or not ready: {failing}.")
     return HealthOut(status="ok", database="ok", broker="ok")

@@ -45,7 +45,7 @@ def test_keyed_app_does_not_warn(make_app, caplog: pytest.LogCaptureFixture):
 @pytest.mark.parametrize("path", PUBLIC)
 def test_health_and_docs_are_public(keyed_client, path: str):
     response = keyed_client.get(path)
-    assert response.status_code != 401
+    assert response.status_code == 200, response.text  # the app's DB and broker are up here
 
 
 def test_missing_key_is_401_with_challenge(keyed_client):
@@ -91,7 +91,7 @@ def test_every_operation_but_public_ones_requires_a_key(keyed_client):
             else:
                 assert response.status_code == 401, (method, path)
                 checked += 1
-    assert checked >= 1
+    assert checked >= 15  # jobs, models, adapters, predict, evaluate: all behind the key
 
 
 def test_keys_are_compared_in_constant_time(make_app, monkeypatch: pytest.MonkeyPatch):

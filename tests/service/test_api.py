@@ -211,6 +211,7 @@ def test_broker_down_health_503_and_submit_503(migrated) -> None:
     with TestClient(create_app(settings)) as client:
         err = error_of(client.get("/health"), 503, "unhealthy")
         assert "broker" in err["message"]
+        assert "127.0.0.1" not in err["message"]  # connection details stay in the log
         error_of(client.post("/jobs", json={"kind": "pretrain"}), 503, "broker_unavailable")
         job = client.get("/jobs").json()["items"][0]
         assert job["status"] == "failed" and job["error"]["code"] == "enqueue_failed"
