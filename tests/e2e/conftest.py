@@ -16,6 +16,7 @@ from e2e_stack import (
     embedded_backend,
     mnist_dir,
     postgres_redis_backend,
+    running_stack,
     services_reachable,
     submit,
     watch,
@@ -35,16 +36,8 @@ def stack(
         pytest.skip("Postgres and Redis are not running on 127.0.0.1")
     root = tmp_path_factory.mktemp(name)
     make = embedded_backend if name == "embedded" else postgres_redis_backend
-    backend = make(root, mnist_dir())
-    stack = Stack(backend, root)
-    try:
-        stack.migrate()
-        stack.start_api()
-        stack.start_worker()
+    with running_stack(make(root, mnist_dir()), root) as stack:
         yield stack
-    finally:
-        stack.stop()
-        backend.cleanup()
 
 
 @pytest.fixture(scope="session")

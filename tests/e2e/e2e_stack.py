@@ -18,7 +18,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,20 @@ class Stack:
     def stop(self) -> None:
         for proc in [*self.workers, *([self.api] if self.api else [])]:
             proc.stop()
+
+
+@contextmanager
+def running_stack(backend: Backend, root: Path) -> Iterator[Stack]:
+    """Migrate, start the API and one worker; on exit stop them and clean the backend up."""
+    stack = Stack(backend, root)
+    try:
+        stack.migrate()
+        stack.start_api()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
+        backend.cleanup()
 
 
 def submit(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:

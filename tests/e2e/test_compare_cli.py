@@ -21,6 +21,7 @@ from e2e_stack import (
     free_port,
     mnist_dir,
     run_command,
+    running_stack,
 )
 
 pytestmark = pytest.mark.e2e
@@ -33,16 +34,8 @@ def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if not (mnist_dir() / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
         pytest.skip(f"MNIST raw files not found under {mnist_dir()}")
     root = tmp_path_factory.mktemp("compare")
-    backend = embedded_backend(root, mnist_dir())
-    stack = Stack(backend, root)
-    try:
-        stack.migrate()
-        stack.start_api()
-        stack.start_worker()
+    with running_stack(embedded_backend(root, mnist_dir()), root) as stack:
         yield stack
-    finally:
-        stack.stop()
-        backend.cleanup()
 
 
 def test_compare_writes_table_json_csv_png(embedded_stack: Stack, tmp_path: Path) -> None:

@@ -12,7 +12,15 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from e2e_stack import Stack, mnist_dir, postgres_redis_backend, services_reachable, submit, watch
+from e2e_stack import (
+    Stack,
+    mnist_dir,
+    postgres_redis_backend,
+    running_stack,
+    services_reachable,
+    submit,
+    watch,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -25,16 +33,8 @@ def prod_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if not (mnist_dir() / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists():
         pytest.skip(f"MNIST raw files not found under {mnist_dir()}")
     root = tmp_path_factory.mktemp("mnist_e2e")
-    backend = postgres_redis_backend(root, mnist_dir())
-    stack = Stack(backend, root)
-    try:
-        stack.migrate()
-        stack.start_api()
-        stack.start_worker()
+    with running_stack(postgres_redis_backend(root, mnist_dir()), root) as stack:
         yield stack
-    finally:
-        stack.stop()
-        backend.cleanup()
 
 
 def first_test_image(digit: int) -> list[list[int]]:
