@@ -67,13 +67,11 @@ def default_worker_id() -> str:
 def describe_failure(exc: BaseException) -> tuple[str, str]:
     """The ``(code, message)`` a failed job shows for ``exc``.
 
-    Codes: the :class:`JobFailure`'s own; ``data_unavailable`` (MNIST files missing);
+    Codes: the :class:`JobFailure`'s own (e.g. ``data_unavailable`` when MNIST is missing);
     ``out_of_memory``; an ``AdapterError``'s code; otherwise ``training_error``.
     """
     if isinstance(exc, JobFailure):
         return exc.code, exc.message
-    if isinstance(exc, FileNotFoundError):
-        return "data_unavailable", str(exc)
     if type(exc).__name__ == "OutOfMemoryError":
         return "out_of_memory", f"Out of memory while training: {exc}"
     code = getattr(exc, "code", None)
@@ -236,13 +234,16 @@ def _train_and_publish(
     from models.training import TrainConfig, pick_device, train
 
     cfg = job.config
-    splits = load_digit_splits(
-        settings.data_dir,
-        classes=cfg["digits"],
-        val_fraction=cfg["val_fraction"],
-        seed=cfg["seed"],
-        download=settings.mnist_download,
-    )
+    try:
+        splits = load_digit_splits(
+            settings.data_dir,
+            classes=cfg["digits"],
+            val_fraction=cfg["val_fraction"],
+            seed=cfg["seed"],
+            download=settings.mnist_download,
+        )
+    except (FileNotFoundError, RuntimeError) as exc:  # files missing; torchvision's download
+        raise JobFailure("data_unavailable", f"MNIST unavailable: {exc}") from exc
     if cfg.get("max_train_samples"):
         n = cfg["max_train_samples"]
         splits.train_x, splits.train_y = splits.train_x[:n], splits.train_y[:n]

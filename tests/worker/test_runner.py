@@ -74,7 +74,9 @@ def test_cancel_requested_before_training_registers_nothing(migrated, monkeypatc
     ("exc", "code"),
     [
         (runner.JobFailure("base_model_missing", "gone"), "base_model_missing"),
-        (FileNotFoundError("MNIST raw files not found"), "data_unavailable"),
+        (runner.JobFailure("data_unavailable", "MNIST raw files not found"), "data_unavailable"),
+        # any other missing file (say, while writing artifacts) is not a data problem
+        (FileNotFoundError("/var/artifacts/x: no such file"), "training_error"),
         (RuntimeError("boom"), "training_error"),
     ],
 )
