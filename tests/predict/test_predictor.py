@@ -256,6 +256,51 @@ def test_concurrent_requests_are_batched_and_each_answer_is_its_own(registry, mi
     assert stats["adapter_cache"]["peak_resident"] <= 2
 
 
+def test_multi_image_requests_with_mixed_adapters_in_one_batch(
+    registry, migrated, images, tmp_path
+) -> None:
+    """Requests of different sizes, different images and different adapters gathered into one
+    micro-batch (plus one whose adapter cannot load): each gets its own rows, in order."""
+    from service.db.session import session_scope
+    from service.db.tables import AdapterRecord
+
+    registry.adapters["broken"] = (tmp_path / "missing", None, "base", (5, 6, 7, 8, 9))
+    with session_scope(migrated.database_url) as s:
+        s.add(
+            AdapterRecord(
+                id="broken", base_model_id="base", r=4, lora_alpha=8.0,
+                target_modules=["linear1"], trainable_parameters=1, classes=[5, 6, 7, 8, 9],
+                path=str(tmp_path / "missing"),
+            )
+        )  # fmt: skip
+    try:
+        settings = migrated.model_copy(update={"predict_batch_window_ms": 200.0})
+        requests = [
+            (images[0:3], "base", "ad0"),
+            (images[3:4], "base", None),
+            (images[1:2], "base", "broken"),
+            (images[4:6], "base", "ad1"),
+            (images[2:5], "base", "ad0"),
+        ]
+        alone = [
+            run(predict_all(Predictor(settings), [req]))[0] if req[2] != "broken" else None
+            for req in requests
+        ]
+        predictor = Predictor(settings)
+        together = run(predict_all(predictor, requests))
+        assert predictor.stats()["largest_batch"] >= 9  # the good requests shared one pass
+        for req, got, want in zip(requests, together, alone, strict=True):
+            if req[2] == "broken":
+                assert isinstance(got, ApiError) and got.code == "artifact_unavailable"
+                continue
+            assert len(got) == len(req[0]) == len(want)
+            for g, w in zip(got, want, strict=True):
+                assert (g.adapter_id, g.digit) == (req[2], w.digit)
+                torch.testing.assert_close(probs(g), probs(w), atol=1e-5, rtol=0)
+    finally:
+        registry.adapters.pop("broken")
+
+
 def test_aclose_fails_queued_requests_with_503(registry, migrated, images) -> None:
     settings = migrated.model_copy(update={"predict_batch_window_ms": 500.0})
 
