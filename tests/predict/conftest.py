@@ -12,9 +12,6 @@ Artifacts (built once per session, in a temp dir):
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +24,7 @@ from models.adapter_io import save_adapter
 from models.checkpoint import save_model
 from models.classifier import MLP, MLPConfig
 from models.lora import AdapterWeights, LoraConfig
+from tests.live_server import LiveServer  # noqa: F401 (re-exported for the tests)
 
 SMALL = MLPConfig(in_features=784, hidden1=64, hidden2=32, n_classes=5, dropout=0.5)
 BASE_CLASSES = (0, 1, 2, 3, 4)
@@ -176,39 +174,3 @@ def sample_pixels(n: int, seed: int = 0) -> torch.Tensor:
         blob = torch.randint(0, 256, (16, 16), generator=gen, dtype=torch.uint8)
         images[i, 6:22, 6:22] = blob
     return images
-
-
-class LiveServer:
-    """uvicorn serving an app in a thread on a free loopback port (real HTTP)."""
-
-    def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        self.app = app
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", backlog=512)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
