@@ -202,6 +202,19 @@ def mark_succeeded(
     )
 
 
+def _end_unfinished(session: Session, job_id: str, worker_id: str | None, **values: object) -> bool:
+    """Set ``values`` on a ``queued``/``running`` job (held by ``worker_id`` when given);
+    commits; True when the row changed."""
+    conditions = [JobRecord.id == job_id, JobRecord.status.in_(("queued", "running"))]
+    if worker_id is not None:
+        conditions.append(JobRecord.worker_id == worker_id)
+    changed = _update_count(
+        session, update(JobRecord).where(*conditions).values(finished_at=utcnow(), **values)
+    )
+    session.commit()
+    return changed == 1
+
+
 def mark_failed(
     session: Session, job_id: str, *, code: str, message: str, worker_id: str | None = None
 ) -> bool:
@@ -212,22 +225,14 @@ def mark_failed(
     Returns:
         False when the job was already terminal (or held by another worker).
     """
-    conditions = [JobRecord.id == job_id, JobRecord.status.in_(("queued", "running"))]
-    if worker_id is not None:
-        conditions.append(JobRecord.worker_id == worker_id)
-    failed = _update_count(
+    return _end_unfinished(
         session,
-        update(JobRecord)
-        .where(*conditions)
-        .values(
-            status="failed",
-            finished_at=utcnow(),
-            error_code=code[:64],
-            error_message=message[:MAX_ERROR_MESSAGE],
-        ),
+        job_id,
+        worker_id,
+        status="failed",
+        error_code=code[:64],
+        error_message=message[:MAX_ERROR_MESSAGE],
     )
-    session.commit()
-    return failed == 1
 
 
 def finish_cancelled(session: Session, job_id: str, worker_id: str | None = None) -> bool:
@@ -238,17 +243,7 @@ def finish_cancelled(session: Session, job_id: str, worker_id: str | None = None
     Returns:
         False when the job was already terminal (or held by another worker).
     """
-    conditions = [JobRecord.id == job_id, JobRecord.status.in_(("queued", "running"))]
-    if worker_id is not None:
-        conditions.append(JobRecord.worker_id == worker_id)
-    done = _update_count(
-        session,
-        update(JobRecord)
-        .where(*conditions)
-        .values(status="cancelled", cancel_requested=True, finished_at=utcnow()),
-    )
-    session.commit()
-    return done == 1
+    return _end_unfinished(session, job_id, worker_id, status="cancelled", cancel_requested=True)
 
 
 def request_cancel(session: Session, job_id: str) -> JobRecord | None:
