@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -64,7 +65,11 @@ class Row:
 class Client:
     """A thin, typed wrapper over the service's REST API (``httpx``, bearer key optional)."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 60.0):
+    def __init__(
+        self, base_url: str, api_key: SecretStr | str | None = None, timeout: float = 60.0
+    ):
+        if isinstance(api_key, SecretStr):
+            api_key = api_key.get_secret_value()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     )
 
     # limits and security
-    api_keys: Annotated[list[str], NoDecode] = Field(
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated bearer keys; empty means the API is open (embedded only).",
     )
@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     api_url: str = Field(
         "http://127.0.0.1:8000", description="Service URL that the `compare` CLI talks to."
     )
-    api_key: str | None = Field(None, description="Bearer key the CLI sends, if any.")
+    api_key: SecretStr | None = Field(None, description="Bearer key the CLI sends, if any.")
     log_level: str = Field("INFO", description="Python logging level.")
 
     @field_validator("api_keys", mode="before")

@@ -236,7 +236,7 @@ def install_security(app: FastAPI, settings: Settings) -> None:
     With no keys configured the API is open, which is logged as a WARNING.
     """
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
-    keys = [k for k in settings.api_keys if k]
+    keys = [v for k in settings.api_keys if (v := k.get_secret_value())]
     public_paths = _public_paths(app)
     public_prefixes = (HEALTH_PATH + "/",)
 

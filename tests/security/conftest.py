@@ -18,8 +18,8 @@ def make_app(migrated) -> Callable[..., Any]:
     """Build the real app on the migrated database with settings overrides."""
     from service.app import create_app
 
-    def make(**overrides: Any) -> Any:
-        return create_app(migrated.model_copy(update=overrides))
+    def make(**overrides: Any) -> Any:  # validated, so e.g. api_keys become SecretStr
+        return create_app(type(migrated).model_validate({**migrated.model_dump(), **overrides}))
 
     return make
 

@@ -22,3 +22,17 @@ def test_readme_examples_exist() -> None:
     for path in re.findall(r"@(docs/examples/\S+\.png)", text):
         assert (README.parent / path).is_file(), path
     assert "make demo" in text and "make test" in text
+
+
+def test_api_keys_never_show_in_the_settings_repr(monkeypatch) -> None:
+    from service.config import Settings
+
+    monkeypatch.setenv("API_KEYS", "first-secret-key, second-secret-key")
+    monkeypatch.setenv("API_KEY", "cli-secret-key")
+    settings = Settings(_env_file=None)
+    assert [k.get_secret_value() for k in settings.api_keys] == [
+        "first-secret-key",
+        "second-secret-key",
+    ]
+    assert settings.api_key.get_secret_value() == "cli-secret-key"
+    assert "secret-key" not in repr(settings) and "secret-key" not in str(settings)
