@@ -11,6 +11,7 @@ import torch
 
 from models.classifier import MLP, MLPConfig
 from models.data import DigitSplits
+from models.lora import AdapterWeights, LoraConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,3 +94,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def random_adapter(model: MLP, config: LoraConfig, seed: int = 0) -> AdapterWeights:
+    """An adapter for ``model``'s shapes with non-zero A (r, in) and B (out, r), seeded."""
+    gen = torch.Generator().manual_seed(seed)
+    A, B = {}, {}
+    for name in config.target_modules:
+        layer = getattr(model, name)
+        A[name] = torch.randn(config.r, layer.in_features, generator=gen) * 0.1
+        B[name] = torch.randn(layer.out_features, config.r, generator=gen) * 0.1
+    return AdapterWeights(config, A, B)

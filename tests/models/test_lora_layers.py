@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from models.classifier import LINEAR_NAMES, MLP, count_parameters
+from models.classifier import LINEAR_NAMES, count_parameters
 from models.lora import (
     AdapterWeights,
     LoraConfig,
@@ -19,17 +19,7 @@ from models.lora import (
     lora_state_dict,
     merge_and_unload,
 )
-
-
-def random_adapter(model: MLP, config: LoraConfig, seed: int) -> AdapterWeights:
-    """An adapter for ``model``'s shapes with non-zero A and B."""
-    gen = torch.Generator().manual_seed(seed)
-    A, B = {}, {}
-    for name in config.target_modules:
-        layer = getattr(model, name)
-        A[name] = torch.randn(config.r, layer.in_features, generator=gen) * 0.1
-        B[name] = torch.randn(layer.out_features, config.r, generator=gen) * 0.1
-    return AdapterWeights(config, A, B)
+from tests.models.conftest import random_adapter
 
 
 def test_fresh_adapter_changes_no_output(small_model):

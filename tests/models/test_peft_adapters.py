@@ -11,18 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models.adapter_io import AdapterError, adapter_key, load_adapter, save_adapter
-from models.classifier import LINEAR_NAMES, MLP
-from models.lora import AdapterWeights, LoraConfig, forward_with_adapters
-
-
-def random_adapter(model: MLP, config: LoraConfig, seed: int = 0) -> AdapterWeights:
-    gen = torch.Generator().manual_seed(seed)
-    A, B = {}, {}
-    for name in config.target_modules:
-        layer = getattr(model, name)
-        A[name] = torch.randn(config.r, layer.in_features, generator=gen) * 0.1
-        B[name] = torch.randn(layer.out_features, config.r, generator=gen) * 0.1
-    return AdapterWeights(config, A, B)
+from models.classifier import LINEAR_NAMES
+from models.lora import LoraConfig, forward_with_adapters
+from tests.models.conftest import random_adapter
 
 
 @pytest.fixture
