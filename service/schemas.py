@@ -142,7 +142,7 @@ class FinetuneLoraConfig(_TrainingConfig):
         ge=0,
         le=0.9,
         description="Dropout on the frozen base's hidden layers while training the adapter "
-        "(default 0: the adapter learns from clean activations, which measured better).",
+        "(default 0, as for full fine-tuning; for LoRA within noise of 0.5, see the README).",
     )
     target_modules: list[LinearName] = Field(
         default_factory=lambda: ["linear1", "linear2", "linear3"],
