@@ -67,8 +67,8 @@ def build(tmp: Path) -> dict[str, str]:
         "MNIST_DOWNLOAD": "false",
     }
     os.environ.update(env)
-    from service.db.migrate import upgrade
-    from service.db.session import session_scope
+    from service.db.engine import session_scope
+    from service.db.migrations import upgrade
     from service.db.tables import AdapterRecord, ModelRecord
 
     upgrade(env["DATABASE_URL"])
@@ -82,7 +82,7 @@ def build(tmp: Path) -> dict[str, str]:
         s.add(
             ModelRecord(
                 id="base",
-                kind="pretrained",
+                kind="pretrain",
                 classes=[0, 1, 2, 3, 4],
                 architecture=config.to_dict(),
                 n_parameters=2_797_005,
@@ -120,7 +120,7 @@ def start_server(env: dict[str, str], cache_size: int) -> tuple[subprocess.Popen
     """Start uvicorn on a free port and wait until it answers."""
     port = free_port()
     cmd = [
-        sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory",
+        sys.executable, "-m", "uvicorn", "service.api.app:create_app", "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
         "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip

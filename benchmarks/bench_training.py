@@ -235,7 +235,7 @@ def main() -> int:
     torch.manual_seed(0)
     pretrained = MLP(MLPConfig(n_classes=len(CLASSES))).state_dict()
     fixed_x, fixed_y = splits.train_x[:BATCH], splits.train_y[:BATCH]
-    config = TrainConfig(batch_size=BATCH)
+    config = TrainConfig(batch_size=BATCH, lr_schedule="constant")
 
     times: dict[str, dict[str, list[float]]] = {k: {"a": [], "b": [], "c": []} for k in KINDS}
     cpu_times: dict[str, dict[str, list[float]]] = {k: {"a": [], "b": [], "c": []} for k in KINDS}

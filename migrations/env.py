@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from service.config import get_settings
-from service.db.session import make_engine
+from service.core.settings import get_settings
+from service.db.engine import make_engine
 from service.db.tables import Base
 
 config = context.config

@@ -20,11 +20,11 @@ from models.lora import (
     LoraConfig,
     LoraLinear,
     apply_adapter,
-    forward_with_adapters,
     inject_lora,
     lora_state_dict,
     merge_and_unload,
 )
+from models.multi_lora import forward_with_adapters
 from models.training import EpochMetrics, TrainConfig, TrainResult, pick_device, train
 
 __all__ = [

@@ -126,19 +126,24 @@ class MLP(nn.Module):
         """
         self.dropout = Dropout(p)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map images to logits.
+    def forward(self, x: torch.Tensor, adapters: Any = None) -> torch.Tensor:
+        """Map images to logits. The one place that knows the layer order.
 
         Args:
             x: float32 (B, 784) normalised pixels, or (B, 1, 28, 28) which is flattened.
+            adapters: per-sample LoRA adapters (``models.multi_lora.AdapterBatch``), handed
+                to every linear layer; those must then be ``MultiLoraLinear``
+                (``models.multi_lora.enable_multi_lora``). None: the layers as they are
+                (plain, or ``LoraLinear`` while training an adapter).
 
         Returns:
             float32 logits (B, n_classes).
         """
+        kw = {} if adapters is None else {"adapters": adapters}
         x = x.reshape(x.shape[0], -1)
-        x = self.dropout(self.relu(self.linear1(x)))
-        x = self.dropout(self.relu(self.linear2(x)))
-        return self.linear3(x)
+        x = self.dropout(self.relu(self.linear1(x, **kw)))
+        x = self.dropout(self.relu(self.linear2(x, **kw)))
+        return self.linear3(x, **kw)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

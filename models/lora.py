@@ -6,19 +6,18 @@ fresh adapter changes nothing. ``scaling = lora_alpha / r``, or ``lora_alpha / s
 with rank-stabilised LoRA (Kalajdzievski 2023, "A Rank Stabilization Scaling Factor for
 Fine-Tuning with LoRA"). Names follow huggingface/peft (``base_layer``, ``lora_A``,
 ``lora_B``, ``merge``/``unmerge``) so adapters round-trip through its file layout
-(see ``adapter_io``). :func:`forward_with_adapters` serves a batch whose samples each use
-a different adapter (or none) without touching the shared base weights.
+(see ``adapter_io``). Serving several adapters in one batch, each sample its own, is
+:mod:`models.multi_lora`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.classifier import LINEAR_NAMES, MLP, Dropout
@@ -316,6 +315,11 @@ class AdapterWeights:
         return self.config.scaling
 
     @property
+    def n_parameters(self) -> int:
+        """Scalars in the matrices (the adapter's trainable parameters)."""
+        return sum(t.numel() for t in (*self.A.values(), *self.B.values()))
+
+    @property
     def nbytes(self) -> int:
         """Memory held by the matrices, in bytes."""
         return sum(t.numel() * t.element_size() for t in (*self.A.values(), *self.B.values()))
@@ -372,56 +376,3 @@ def apply_adapter(model: MLP, adapter: AdapterWeights) -> MLP:
                     )
                 mod.weight.copy_(src)
     return model
-
-
-def _base_linear(model: MLP, name: str) -> nn.Linear:
-    layer = getattr(model, name)
-    if isinstance(layer, LoraLinear):
-        raise ValueError("forward_with_adapters needs a plain MLP (no injected LoRA layers)")
-    return layer
-
-
-@torch.inference_mode()
-def forward_with_adapters(
-    model: MLP, x: torch.Tensor, adapters: Sequence[AdapterWeights | None]
-) -> torch.Tensor:
-    """Logits for a batch in which sample ``i`` uses ``adapters[i]`` (None: base model only).
-
-    Per layer ``h_out = W h + b + scaling_i * B_i (A_i h)`` for the samples of adapter ``i``
-    (Hu et al. 2021, eq. 3), computed as one base matmul for the whole batch plus one
-    low-rank product per distinct adapter. Always eval semantics (no dropout); ``model`` is
-    only read, never modified, so concurrent requests can share it.
-
-    Args:
-        model: a plain :class:`MLP`.
-        x: float32 (B, 784) or (B, 1, 28, 28).
-        adapters: length B; the same object may repeat (samples are grouped by identity).
-
-    Returns:
-        float32 logits (B, n_classes).
-
-    Raises:
-        ValueError: length mismatch, or ``model`` has injected LoRA layers.
-    """
-    if len(adapters) != x.shape[0]:
-        raise ValueError(f"got {len(adapters)} adapters for a batch of {x.shape[0]}")
-    groups: dict[int, tuple[AdapterWeights, list[int]]] = {}
-    for i, adapter in enumerate(adapters):
-        if adapter is not None:
-            groups.setdefault(id(adapter), (adapter, []))[1].append(i)
-    index = {k: torch.tensor(rows, device=x.device) for k, (_, rows) in groups.items()}
-
-    h = x.reshape(x.shape[0], -1)
-    for depth, name in enumerate(LINEAR_NAMES):
-        layer = _base_linear(model, name)
-        out = F.linear(h, layer.weight, layer.bias)
-        for key, (adapter, _) in groups.items():
-            if name not in adapter.A:
-                continue
-            rows = index[key]
-            a = adapter.A[name].to(device=h.device, dtype=h.dtype)
-            b = adapter.B[name].to(device=h.device, dtype=h.dtype)
-            delta = F.linear(F.linear(h.index_select(0, rows), a), b) * adapter.scaling
-            out.index_add_(0, rows, delta)
-        h = out if depth == len(LINEAR_NAMES) - 1 else torch.relu(out)
-    return h

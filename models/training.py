@@ -29,9 +29,14 @@ EVAL_BATCH_SIZE = 8192
 LR_SCHEDULES = ("constant", "cosine")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
     """Optimisation settings.
+
+    The service builds this from its job spec (``service.core.job_spec``), which holds the
+    job defaults; the defaults here are the seed notebook's pre-training values and a test
+    keeps them equal to the spec's. ``lr_schedule`` has no default: the spec's (cosine)
+    and round one's loop (constant) differ, so every caller says which it wants.
 
     Attributes:
         epochs: passes over the train split, >= 0.
@@ -51,7 +56,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     batch_size: int = 128
     seed: int = 0
-    lr_schedule: str = "constant"
+    lr_schedule: str
 
     def epoch_lr(self, epoch: int) -> float:
         """Learning rate of 1-based ``epoch`` under ``lr_schedule``."""

@@ -4,9 +4,11 @@
     lora-service api          the REST API (uvicorn on HOST:PORT)
     lora-service worker       one Celery training worker (solo pool, TRAINING_QUEUE)
     lora-service dev          migrate, then API + one worker together; Ctrl-C stops both
-    lora-service compare      full fine-tune vs LoRA through the API (service/compare.py)
+    lora-service compare      full fine-tune vs LoRA through the API (service/client/compare.py)
+    lora-service demo         the embedded stack up, ``compare`` on it, the stack down
 
-Every setting comes from the environment (see ``service/config.py``). ``api`` and
+Every setting comes from the environment (see ``service/core/settings.py``). This module
+sits above every package: it starts processes and may import any of them. ``api`` and
 ``worker`` refuse an unmigrated database with a message that says what to run, unless
 ``AUTO_MIGRATE=true``. The same commands run in docker-compose.yml, the Procfile and the
 end-to-end tests.
@@ -21,8 +23,8 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from service import compare
-from service.config import Settings, get_settings
+from service.client import compare, demo
+from service.core.settings import Settings, get_settings
 
 EXIT_NOT_MIGRATED = 2
 DEV_PROCESSES = ("api", "worker")
@@ -43,8 +45,8 @@ def check_database(settings: Settings) -> int:
     """Migrate (``AUTO_MIGRATE``) or verify the schema; 0 when ready, else 2 with a message."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from service.db.migrate import upgrade
-    from service.db.session import DatabaseNotMigrated, get_engine, require_migrated
+    from service.db.engine import get_engine
+    from service.db.migrations import DatabaseNotMigrated, require_migrated, upgrade
 
     try:
         if settings.auto_migrate:
@@ -59,8 +61,8 @@ def check_database(settings: Settings) -> int:
 
 def cmd_migrate(_: argparse.Namespace, settings: Settings) -> int:
     """Run ``alembic upgrade head`` on DATABASE_URL."""
-    from service.db.migrate import current_and_head, upgrade
-    from service.db.session import get_engine
+    from service.db.engine import get_engine
+    from service.db.migrations import current_and_head, upgrade
 
     upgrade(settings.database_url)
     current, _head = current_and_head(get_engine(settings.database_url))
@@ -76,7 +78,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     uvicorn.run(
-        "service.app:create_app",
+        "service.api.app:create_app",
         factory=True,
         host=args.host or settings.host,
         port=args.port or settings.port,
@@ -89,9 +91,9 @@ def worker_argv(settings: Settings, name: str | None = None) -> list[str]:
     """The ``celery worker`` arguments: solo pool, the training queue, no mingle/gossip.
 
     ``--broker`` is explicit because Celery's CLI would otherwise read the ``BROKER_URL``
-    environment variable itself, bypassing :func:`worker.celery_app.broker_params`.
+    environment variable itself, bypassing :func:`service.jobs.queue.broker_params`.
     """
-    from worker.celery_app import broker_params
+    from service.jobs.queue import broker_params
 
     return [
         f"--broker={broker_params(settings.broker_url)[0]}",
@@ -110,11 +112,11 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Run one Celery worker (solo pool: jobs run in this process, one at a time)."""
     if code := check_database(settings):
         return code
-    from worker.celery_app import get_celery
+    from worker.celery_app import worker_app
 
     code = 0
     try:
-        get_celery(settings).worker_main(worker_argv(settings, args.name))
+        worker_app(settings).worker_main(worker_argv(settings, args.name))
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     # Celery has finished its warm shutdown (the running job completed and was acknowledged).
@@ -155,7 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("dev", help="migrate, then API + one worker; Ctrl-C stops both").set_defaults(
         func=cmd_dev
     )
-    compare.add_parsers(sub)
+    cmp = sub.add_parser("compare", help="run the full-FT vs LoRA comparison via the API")
+    compare.add_arguments(cmp)
+    cmp.set_defaults(func=compare.run)
+    dem = sub.add_parser("demo", help="start the embedded stack and run `compare` on it")
+    compare.add_arguments(dem)
+    dem.set_defaults(func=demo.demo)
     return parser
 
 

@@ -24,7 +24,7 @@ def mnist_dir() -> Path:
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Embedded settings isolated in ``tmp_path`` and installed as the process settings."""
-    from service.config import Settings, get_settings
+    from service.core.settings import Settings, get_settings
 
     env = {
         "DATABASE_URL": f"sqlite:///{tmp_path / 'lora.db'}",
@@ -44,7 +44,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture
 def migrated(settings):
     """Settings whose database has been brought to Alembic head."""
-    from service.db.migrate import upgrade
+    from service.db.migrations import upgrade
 
     upgrade(settings.database_url)
     return settings
@@ -53,7 +53,7 @@ def migrated(settings):
 @pytest.fixture
 def app(migrated):
     """The FastAPI app on the migrated embedded database."""
-    from service.app import create_app
+    from service.api.app import create_app
 
     return create_app(migrated)
 

@@ -1,123 +1,26 @@
-"""The Celery application, built from :class:`service.config.Settings`.
+"""The worker's Celery app: :mod:`service.jobs.queue`'s app with the task module loaded.
 
-Long training tasks want ``task_acks_late`` (the message is acknowledged only when the task
-returns, so a worker that dies mid-job leaves it to be redelivered),
-``task_reject_on_worker_lost`` and a prefetch of one (a worker holds at most the job it
-runs). Workers use the *solo* pool (``lora-service worker``): the task runs in the worker's
-main process, so nothing forks after PyTorch has started threads. PyTorch is imported
-lazily, when the worker starts (``worker_init``) or a job runs, never by the API.
-
-Task state lives in the database (``jobs`` table), not in a Celery result backend: none is
-configured, so ``broker_transport_options`` is the one place Celery reads
-``visibility_timeout`` from (a Redis result backend would read
-``result_backend_transport_options``).
-
-Brokers:
-    * ``redis://...`` (production): ``visibility_timeout`` (``VISIBILITY_TIMEOUT``, seconds)
-      is how long Redis waits for an acknowledgement before redelivering a message, to any
-      worker, even while the first one still runs the job (celery/celery#5935). With
-      ``acks_late`` a job longer than that is delivered again; the job's lease makes that
-      delivery a no-op (:mod:`worker.runner`), and a dead worker's job is requeued by the
-      reaper (:mod:`worker.reaper`) after ``LEASE_SECONDS``, not after the visibility
-      timeout. The API (producer) and the workers build the same options from one
-      ``Settings``.
-    * ``sqla+sqlite:///...`` (embedded): kombu's SQLAlchemy transport through
-      :mod:`worker.broker`, polled every ``BROKER_POLL_SECONDS``.
+PyTorch and the training code are imported when the worker process starts
+(``worker_init``), never by the API, which only sends tasks by name.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery import Celery
 from celery.signals import worker_init
-from kombu import Queue
 
-from service.config import Settings, get_settings
-from worker.broker import TRANSPORT_PATH
-
-RUN_JOB_TASK = "worker.tasks.run_job"
-log = logging.getLogger(__name__)
+from service.core.settings import Settings, get_settings
+from service.jobs.queue import get_celery
 
 
-def broker_params(broker_url: str) -> tuple[str, str | None]:
-    """Split a broker URL into (URL for kombu, transport class path or None).
+def worker_app(settings: Settings | None = None) -> Celery:
+    """The app a ``lora-service worker`` runs: :func:`service.jobs.queue.get_celery`'s, with
+    :mod:`worker.tasks` (the task and the reaper's start-up hook) registered."""
+    import worker.tasks  # noqa: F401  (registers run_job and the reaper's worker_ready hook)
 
-    ``sqla+<url>`` maps to our SQLite-safe transport (:mod:`worker.broker`); every other
-    URL (``redis://``, ``amqp://``) is returned unchanged for kombu to resolve.
-    """
-    if broker_url.startswith("sqla+"):
-        return broker_url.removeprefix("sqla+"), TRANSPORT_PATH
-    return broker_url, None
-
-
-def celery_config(settings: Settings) -> dict[str, Any]:
-    """The Celery configuration dict for ``settings`` (pure; used by tests too)."""
-    url, transport = broker_params(settings.broker_url)
-    embedded = transport is not None
-    return {
-        "broker_url": url,
-        "broker_transport": transport,
-        "broker_transport_options": {
-            "visibility_timeout": settings.visibility_timeout,
-            "polling_interval": settings.broker_poll_seconds,
-        },
-        "broker_connection_retry_on_startup": True,
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,
-        "task_default_queue": settings.training_queue,
-        "task_queues": (Queue(settings.training_queue),),
-        "task_routes": {RUN_JOB_TASK: {"queue": settings.training_queue}},
-        "task_ignore_result": True,
-        "task_serializer": "json",
-        "accept_content": ["json"],
-        "worker_hijack_root_logger": True,
-        # The SQL transport cannot broadcast: remote control (celery inspect) needs Redis.
-        "worker_enable_remote_control": not embedded,
-        "worker_send_task_events": False,
-    }
-
-
-def make_celery(settings: Settings) -> Celery:
-    """A new Celery app configured by :func:`celery_config` (tasks from ``worker.tasks``)."""
-    app = Celery("lora_service", include=["worker.tasks"])
-    app.conf.update(celery_config(settings))
-    return app
-
-
-_APPS: dict[tuple[Any, ...], Celery] = {}
-
-
-def get_celery(settings: Settings | None = None) -> Celery:
-    """The Celery app for ``settings`` (default: the process settings), cached per broker setup."""
-    settings = settings or get_settings()
-    key = (
-        settings.broker_url,
-        settings.training_queue,
-        settings.visibility_timeout,
-        settings.broker_poll_seconds,
-    )
-    if key not in _APPS:
-        _APPS[key] = make_celery(settings)
-    return _APPS[key]
-
-
-def enqueue_job(job_id: str, settings: Settings | None = None) -> None:
-    """Send ``run_job(job_id)`` to the training queue. Call only after the job row is committed.
-
-    Raises:
-        kombu / redis errors when the broker is unreachable (after kombu's short retry).
-    """
-    settings = settings or get_settings()
-    get_celery(settings).send_task(
-        RUN_JOB_TASK,
-        args=[job_id],
-        queue=settings.training_queue,
-        retry=True,
-        retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
-    )
+    return get_celery(settings or get_settings())
 
 
 @worker_init.connect
@@ -134,5 +37,5 @@ def _import_torch_early(**_: Any) -> None:
 def __getattr__(name: str) -> Celery:
     """``worker.celery_app.app``: the app for the process settings (for ``celery -A``)."""
     if name in ("app", "celery"):
-        return get_celery()
+        return worker_app()
     raise AttributeError(name)

@@ -19,7 +19,7 @@ import time
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import registry
+from service.jobs import state as job_state
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class LeaseKeeper:
             before = time.monotonic()  # the heartbeat written is at least this recent
             try:
                 with self.factory() as session:
-                    if not registry.renew_lease(session, self.job_id, self.worker_id):
+                    if not job_state.renew_lease(session, self.job_id, self.worker_id):
                         log.info("lease of %s no longer held (ended or taken over)", self.job_id)
                         self.lost = True
                         return
@@ -131,7 +131,7 @@ class StopCheck:
         if self._fenced():
             return self.reason
         with self.factory() as session:
-            self.reason = self.reason or registry.stop_reason(session, self.job_id, self.worker_id)
+            self.reason = self.reason or job_state.stop_reason(session, self.job_id, self.worker_id)
         self._next_poll = time.monotonic() + self.interval
         return self.reason
 

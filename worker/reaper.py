@@ -2,7 +2,7 @@
 
 Started by the ``worker_ready`` signal in every ``lora-service worker`` process: a daemon
 thread runs one pass at once (start-up) and then one every ``REAPER_SECONDS``. A pass
-(:func:`service.db.leases.reap`) requeues each ``running`` job whose heartbeat is older
+(:func:`service.jobs.leases.reap`) requeues each ``running`` job whose heartbeat is older
 than ``LEASE_SECONDS`` and sends it a new message (the embedded SQLite broker never
 redelivers a message taken by a killed worker; Redis would only after
 ``VISIBILITY_TIMEOUT``), ends it ``failed`` (``worker_lost``) once it has started
@@ -20,10 +20,10 @@ from typing import Any
 
 from celery.signals import worker_ready
 
-from service.artifacts import checkpoint_dir, remove_tree
-from service.config import Settings, get_settings
-from service.db.leases import ReapResult, reap
-from service.db.session import session_factory
+from service.core.artifacts import checkpoint_dir, remove_tree
+from service.core.settings import Settings, get_settings
+from service.db.engine import session_factory
+from service.jobs.leases import ReapResult, reap
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def reap_once(settings: Settings, send: Callable[[str], None] | None = None) -> 
         What the pass did. Raises database errors (the thread logs them and goes on).
     """
     if send is None:
-        from worker.celery_app import enqueue_job
+        from service.jobs.queue import enqueue_job
 
         def send(job_id: str) -> None:
             enqueue_job(job_id, settings)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import registry
 from service.db.tables import JobRecord
+from service.jobs import state as job_state
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def prepare_resume(
         values = dict(values)
         epoch = int(values.pop("epoch"))
         with factory() as session:
-            registry.record_epoch(session, job.id, worker_id, epoch, values)
+            job_state.record_epoch(session, job.id, worker_id, epoch, values)
     epoch = int(meta["epoch"])
     log.info("job %s resumes after epoch %d (attempt %d)", job.id, epoch, job.attempt)
     return epoch

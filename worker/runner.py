@@ -5,12 +5,13 @@ run a job in-process. The steps:
 
 1. Claim: ``queued -> running`` under this worker's lease (``attempt += 1``), or take over
    a ``running`` job whose lease went stale (its worker died; see
-   :mod:`service.db.leases`). Any other job (lease alive, cancelled, finished, at the
+   :mod:`service.jobs.leases`). Any other job (lease alive, cancelled, finished, at the
    attempt limit) is left alone: a redelivered message does nothing.
 2. A :class:`~worker.lease.LeaseKeeper` thread renews ``heartbeat_at`` every
    ``HEARTBEAT_SECONDS`` and fences this worker if renewals stop succeeding.
-3. Build the data subset and the network (a fresh MLP, a copy of the base model, or the
-   base with LoRA injected), then ``models.training.train`` with a per-epoch callback that
+3. Parse the stored spec back into its type (:func:`job_spec_of`); build from it the data
+   subset and the network (a fresh MLP, a copy of the base model, or the base with LoRA
+   injected), then ``models.training.train`` with a per-epoch callback that
    upserts the epoch's metrics and progress, and a ``should_stop`` that asks the database
    for ``cancel_requested`` at most every ``CANCEL_POLL_SECONDS``. The resumable training
    state goes to ``{artifact_dir}/checkpoints/{job_id}/`` after every epoch; a later
@@ -31,23 +32,40 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.artifacts import adapter_dir, checkpoint_dir, checkpoint_file, model_dir, remove_tree
-from service.config import Settings, get_settings
-from service.db import leases, registry
+from service.core.artifacts import (
+    adapter_dir,
+    checkpoint_dir,
+    checkpoint_file,
+    model_dir,
+    remove_tree,
+)
+from service.core.job_spec import (
+    FinetuneLoraSpec,
+    JobSpec,
+    PretrainSpec,
+    SpecMismatch,
+    parse_stored,
+)
+from service.core.settings import Settings, get_settings
+from service.core.vocab import ADAPTER_PREFIX, MODEL_PREFIX, derived_id, model_kind_of
+from service.db import adapter_records, job_records, model_records
+from service.db.engine import session_factory
 from service.db.retry import retry_locked
-from service.db.session import session_factory
 from service.db.tables import JobRecord
+from service.jobs import leases
+from service.jobs import state as job_state
 from worker.lease import LeaseKeeper, StopCheck, fence_after
 from worker.resume import prepare_resume
 
 log = logging.getLogger(__name__)
 
 CANCEL_POLL_SECONDS = 0.5
-MODEL_KIND = {"pretrain": "pretrained", "finetune_full": "finetuned_full"}
 
 
 class JobFailure(Exception):
@@ -80,17 +98,12 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
     return "training_error", f"{type(exc).__name__}: {exc}"
 
 
-def derived_id(prefix: str, job_id: str) -> str:
-    """The id of the artifact a job produces: ``job_<hex>`` -> ``<prefix>_<hex>``."""
-    return f"{prefix}_{job_id.removeprefix('job_')}"
-
-
 def _claim(
     factory: sessionmaker[Session], job_id: str, worker_id: str, settings: Settings
 ) -> JobRecord | None:
     """Claim a queued job, or take over a running one whose lease is stale; None if neither."""
     with factory() as session:
-        job = retry_locked(session, lambda: registry.claim_job(session, job_id, worker_id))
+        job = retry_locked(session, lambda: job_state.claim_job(session, job_id, worker_id))
         if job is None:
             job = retry_locked(
                 session,
@@ -139,12 +152,12 @@ def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None
     stop = StopCheck(factory, job_id, worker_id, CANCEL_POLL_SECONDS, lease=keeper)
     with keeper:
         try:
-            status = _train_and_publish(job, settings, factory, worker_id, stop)
+            status = _train_and_publish(_Run(job, settings, factory, worker_id, stop))
         except Exception as exc:
             code, message = describe_failure(exc)
             log.exception("job %s failed: %s", job_id, code)
             with factory() as session:
-                registry.mark_failed(
+                job_state.mark_failed(
                     session, job_id, code=code, message=message, worker_id=worker_id
                 )
             status = "failed"
@@ -152,20 +165,39 @@ def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None
     return status
 
 
-def _finish_stopped(
-    factory: sessionmaker[Session],
-    settings: Settings,
-    job: JobRecord,
-    worker_id: str,
-    reason: str | None,
-) -> str:
+@dataclass
+class _Run:
+    """One attempt at a job: its row as claimed and what the steps below share."""
+
+    job: JobRecord
+    settings: Settings
+    factory: sessionmaker[Session]
+    worker_id: str
+    stop: StopCheck
+
+
+def job_spec_of(job: JobRecord) -> JobSpec:
+    """The job's stored spec, parsed back into its type (round-one rows included).
+
+    Raises:
+        JobFailure: ``invalid_config`` when the stored JSON no longer validates.
+    """
+    try:
+        return parse_stored(job.kind, job.config)
+    except ValueError as exc:
+        raise JobFailure(
+            "invalid_config", f"Stored config of job {job.id} is invalid: {exc}"
+        ) from exc
+
+
+def _finish_stopped(run: _Run, reason: str | None) -> str:
     """End a job that stopped before registering: ``cancelled`` if asked (its checkpoint
     removed: a cancelled job never resumes), else ``lease_lost`` (nothing written)."""
     if reason == "cancel_requested":
-        with factory() as session:
-            done = registry.finish_cancelled(session, job.id, worker_id)
+        with run.factory() as session:
+            done = job_state.finish_cancelled(session, run.job.id, run.worker_id)
         if done:
-            remove_tree(checkpoint_dir(settings, job.id))
+            remove_tree(checkpoint_dir(run.settings, run.job.id))
         return "cancelled"
     return "lease_lost"
 
@@ -174,7 +206,7 @@ def _load_base(factory: sessionmaker[Session], job: JobRecord) -> tuple[Any, Any
     from models.checkpoint import CheckpointError, load_model
 
     with factory() as session:
-        base = registry.get_model(session, job.base_model_id or "")
+        base = model_records.get_model(session, job.base_model_id or "")
     if base is None:
         raise JobFailure("base_model_missing", f"Base model {job.base_model_id} is not registered.")
     try:
@@ -185,80 +217,76 @@ def _load_base(factory: sessionmaker[Session], job: JobRecord) -> tuple[Any, Any
         ) from exc
 
 
-def _build_network(factory: sessionmaker[Session], job: JobRecord) -> Any:
-    """The network to train: a fresh MLP, a copy of the base model, or the base plus LoRA."""
+def _build_network(factory: sessionmaker[Session], job: JobRecord, spec: JobSpec) -> Any:
+    """The network to train: a fresh MLP, a copy of the base model, or the base plus LoRA.
+
+    Raises:
+        JobFailure: ``base_model_missing``, ``base_model_unreadable``, or ``invalid_config``
+            when the spec does not fit the base (checked at submission too).
+    """
     import torch
 
-    from models.classifier import MLP, MLPConfig
-    from models.lora import LoraConfig, inject_lora
+    from models.classifier import MLP
+    from models.lora import inject_lora
 
-    cfg = job.config
-    torch.manual_seed(cfg["seed"])  # deterministic initialisation (MLP weights, lora_A)
-    if job.kind == "pretrain":
-        arch = MLPConfig(
-            hidden1=cfg["hidden1"],
-            hidden2=cfg["hidden2"],
-            n_classes=len(cfg["digits"]),
-            dropout=cfg["dropout"],
-        )
-        return MLP(arch)
+    torch.manual_seed(spec.seed)  # deterministic initialisation (MLP weights, lora_A)
+    if isinstance(spec, PretrainSpec):
+        return MLP(spec.mlp_config())
     model, meta = _load_base(factory, job)
-    if meta.config.n_classes != len(cfg["digits"]):
-        raise JobFailure(
-            "invalid_config",
-            f"Base model {job.base_model_id} has {meta.config.n_classes} outputs; "
-            f"{len(cfg['digits'])} digits were requested.",
-        )
-    if "dropout" in cfg:  # fine-tuning dropout (configs from before the field keep the base's)
-        model.set_dropout(cfg["dropout"])
-    if job.kind == "finetune_lora":
-        lora = LoraConfig(
-            r=cfg["r"],
-            lora_alpha=float(cfg["lora_alpha"]),
-            target_modules=tuple(cfg["target_modules"]),
-            lora_dropout=cfg["lora_dropout"],
-            use_rslora=cfg["use_rslora"],
-        )
-        inject_lora(model, lora)
+    try:
+        spec.check_against_base(meta.config)
+    except SpecMismatch as exc:
+        raise JobFailure("invalid_config", f"Base model {job.base_model_id}: {exc}") from exc
+    if spec.dropout is not None:  # None: keep the base's (round-one fine-tunes did)
+        model.set_dropout(spec.dropout)
+    if isinstance(spec, FinetuneLoraSpec):
+        inject_lora(model, spec.lora_config())
     return model
 
 
-def _train_and_publish(
-    job: JobRecord,
-    settings: Settings,
-    factory: sessionmaker[Session],
-    worker_id: str,
-    stop: StopCheck,
-) -> str:
-    from models.data import load_digit_splits
-    from models.training import TrainConfig, pick_device, train
+def _load_data(settings: Settings, spec: JobSpec) -> Any:
+    """The spec's MNIST subset, its train split cut to ``max_train_samples``.
 
-    cfg = job.config
+    Raises:
+        JobFailure: ``data_unavailable`` when MNIST cannot be read.
+    """
+    from models.data import load_digit_splits
+
     try:
         splits = load_digit_splits(
             settings.data_dir,
-            classes=cfg["digits"],
-            val_fraction=cfg["val_fraction"],
-            seed=cfg["seed"],
+            classes=spec.classes,
+            val_fraction=spec.val_fraction,
+            seed=spec.seed,
             download=settings.mnist_download,
         )
     except (FileNotFoundError, RuntimeError) as exc:  # files missing; torchvision's download
         raise JobFailure("data_unavailable", f"MNIST unavailable: {exc}") from exc
-    if cfg.get("max_train_samples"):
-        n = cfg["max_train_samples"]
+    if spec.max_train_samples:
+        n = spec.max_train_samples
         splits.train_x, splits.train_y = splits.train_x[:n], splits.train_y[:n]
-    model = _build_network(factory, job)
+    return splits
+
+
+def _train_and_publish(run: _Run) -> str:
+    from models.training import pick_device, train
+
+    job, stop = run.job, run.stop
+    spec = job_spec_of(job)
+    splits = _load_data(run.settings, spec)
+    model = _build_network(run.factory, job, spec)
     if stop.poll():
-        return _finish_stopped(factory, settings, job, worker_id, stop.reason)
-    checkpoint = checkpoint_file(settings, job.id)
-    prepare_resume(factory, job, worker_id, checkpoint)
+        return _finish_stopped(run, stop.reason)
+    checkpoint = checkpoint_file(run.settings, job.id)
+    prepare_resume(run.factory, job, run.worker_id, checkpoint)
 
     def on_epoch(metrics: Any) -> bool:
         values = metrics.as_dict()
         epoch = int(values.pop("epoch"))
-        with factory() as session:
+        with run.factory() as session:
             if not retry_locked(
-                session, lambda: registry.record_epoch(session, job.id, worker_id, epoch, values)
+                session,
+                lambda: job_state.record_epoch(session, job.id, run.worker_id, epoch, values),
             ):
                 stop.reason = stop.reason or "lease_lost"
         log.info("job %s epoch %d/%d done (attempt %d)", job.id, epoch, job.epochs, job.attempt)
@@ -267,46 +295,81 @@ def _train_and_publish(
     result = train(
         model,
         splits,
-        TrainConfig(
-            epochs=cfg["epochs"],
-            lr=cfg["lr"],
-            weight_decay=cfg["weight_decay"],
-            batch_size=cfg["batch_size"],
-            seed=cfg["seed"],
-            lr_schedule=cfg.get("lr_schedule", "constant"),
-        ),
+        spec.train_config(),
         on_epoch=on_epoch,
         should_stop=stop,
         checkpoint_path=checkpoint,
         device=pick_device(),
     )
     if result.cancelled:
-        return _finish_stopped(factory, settings, job, worker_id, stop.reason or stop.poll())
+        return _finish_stopped(run, stop.reason or stop.poll())
     model.cpu()
-    return _publish(job, settings, factory, worker_id, stop, model, result)
+    return _publish(run, spec, model, result)
 
 
-def _publish(
-    job: JobRecord,
-    settings: Settings,
-    factory: sessionmaker[Session],
-    worker_id: str,
-    stop: StopCheck,
-    model: Any,
-    result: Any,
-) -> str:
+def _write_artifact(run: _Run, spec: JobSpec, model: Any) -> tuple[str, Path]:
+    """Write the trained adapter (PEFT layout) or model; returns its id and directory."""
+    from models.adapter_io import save_adapter
+    from models.checkpoint import save_model
+    from models.lora import AdapterWeights
+
+    job = run.job
+    if isinstance(spec, FinetuneLoraSpec):
+        artifact_id = derived_id(ADAPTER_PREFIX, job.id)
+        directory = adapter_dir(run.settings, artifact_id)
+        adapter = AdapterWeights.from_model(model)
+        save_adapter(directory, adapter, base_model_name_or_path=job.base_model_id)
+    else:
+        artifact_id = derived_id(MODEL_PREFIX, job.id)
+        directory = model_dir(run.settings, artifact_id)
+        save_model(
+            directory, model, spec.classes, parent_id=job.base_model_id, extra={"job_id": job.id}
+        )
+    return artifact_id, directory
+
+
+def _register(
+    session: Session, run: _Run, spec: JobSpec, model: Any, result: Any, artifact: tuple
+) -> None:
+    """Add the record of what the job produced (the caller commits with ``succeeded``)."""
+    from models.classifier import count_parameters
+
+    job, (artifact_id, directory) = run.job, artifact
+    if isinstance(spec, FinetuneLoraSpec):
+        adapter_records.register_adapter(
+            session,
+            adapter_id=artifact_id,
+            base_model_id=job.base_model_id or "",
+            job_id=job.id,
+            source="trained",
+            lora_config=spec.lora_config(),
+            trainable_parameters=count_parameters(model, trainable_only=True),
+            classes=spec.classes,
+            test_accuracy=result.test_accuracy,
+            path=str(directory),
+        )
+    else:
+        model_records.register_model(
+            session,
+            model_id=artifact_id,
+            kind=model_kind_of(spec.kind),
+            job_id=job.id,
+            parent_id=job.base_model_id,
+            classes=spec.classes,
+            architecture=model.config.to_dict(),
+            n_parameters=count_parameters(model),
+            test_accuracy=result.test_accuracy,
+            path=str(directory),
+        )
+
+
+def _publish(run: _Run, spec: JobSpec, model: Any, result: Any) -> str:
     """Write the artifact, then mark succeeded + register in one transaction.
 
     Writes nothing once the lease is gone; if the job was taken over meanwhile and another
     run registered its artifact (same path, derived from the job id), that is left alone.
     """
-    from models.adapter_io import save_adapter
-    from models.checkpoint import save_model
-    from models.classifier import count_parameters
-    from models.lora import AdapterWeights
-
-    cfg = job.config
-    digits = list(cfg["digits"])
+    job, stop = run.job, run.stop
     test_metrics = {
         "accuracy": result.test_accuracy,
         "loss": result.test_loss,
@@ -315,68 +378,29 @@ def _publish(
         "epochs_completed": result.epochs_completed,
     }
     if stop.poll():
-        return _finish_stopped(factory, settings, job, worker_id, stop.reason)
-    if job.kind == "finetune_lora":
-        artifact_id = derived_id("adp", job.id)
-        directory = adapter_dir(settings, artifact_id)
-        adapter = AdapterWeights.from_model(model)
-        save_adapter(directory, adapter, base_model_name_or_path=job.base_model_id)
-    else:
-        artifact_id = derived_id("mdl", job.id)
-        directory = model_dir(settings, artifact_id)
-        save_model(directory, model, digits, parent_id=job.base_model_id, extra={"job_id": job.id})
-
-    with factory() as session:
-        done = registry.mark_succeeded(
+        return _finish_stopped(run, stop.reason)
+    artifact_id, directory = artifact = _write_artifact(run, spec, model)
+    is_adapter = isinstance(spec, FinetuneLoraSpec)
+    with run.factory() as session:
+        done = job_state.mark_succeeded(
             session,
             job.id,
-            worker_id,
+            run.worker_id,
             test_accuracy=result.test_accuracy,
             test_metrics=test_metrics,
-            result_model_id=None if job.kind == "finetune_lora" else artifact_id,
-            result_adapter_id=artifact_id if job.kind == "finetune_lora" else None,
+            result_model_id=None if is_adapter else artifact_id,
+            result_adapter_id=artifact_id if is_adapter else None,
         )
-        if not done:
-            session.rollback()
-        elif job.kind == "finetune_lora":
-            lc = adapter.config
-            registry.register_adapter(
-                session,
-                adapter_id=artifact_id,
-                base_model_id=job.base_model_id or "",
-                job_id=job.id,
-                source="trained",
-                lora_config={
-                    "r": lc.r,
-                    "lora_alpha": lc.lora_alpha,
-                    "target_modules": list(lc.target_modules),
-                    "lora_dropout": lc.lora_dropout,
-                    "use_rslora": lc.use_rslora,
-                },
-                trainable_parameters=count_parameters(model, trainable_only=True),
-                classes=digits,
-                test_accuracy=result.test_accuracy,
-                path=str(directory),
-            )
+        if done:
+            _register(session, run, spec, model, result, artifact)
         else:
-            registry.register_model(
-                session,
-                model_id=artifact_id,
-                kind=MODEL_KIND[job.kind],
-                job_id=job.id,
-                parent_id=job.base_model_id,
-                classes=digits,
-                architecture=model.config.to_dict(),
-                n_parameters=count_parameters(model),
-                test_accuracy=result.test_accuracy,
-                path=str(directory),
-            )
+            session.rollback()
         session.commit()
     if not done:
-        with factory() as session:
-            now = registry.get_job(session, job.id)
+        with run.factory() as session:
+            now = job_records.get_job(session, job.id)
         if now is None or now.status != "succeeded":
             remove_tree(directory)
-        return _finish_stopped(factory, settings, job, worker_id, stop.poll())
-    remove_tree(checkpoint_dir(settings, job.id))
+        return _finish_stopped(run, stop.poll())
+    remove_tree(checkpoint_dir(run.settings, job.id))
     return "succeeded"

@@ -10,9 +10,9 @@ import os
 
 from celery import Task, shared_task
 
-from service.config import get_settings
+from service.core.settings import get_settings
+from service.jobs.queue import RUN_JOB_TASK
 from worker import reaper, runner  # reaper: its worker_ready handler starts the reaper
-from worker.celery_app import RUN_JOB_TASK
 
 __all__ = ["reaper", "run_job"]
 

@@ -1,4 +1,5 @@
-"""Shared route dependencies: the database session and the settings of the running app."""
+"""Shared route dependencies: the database session, the settings of the running app, and the
+app's predictor."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from service.config import Settings
-from service.db.session import session_factory
+from service.core.settings import Settings
+from service.db.engine import session_factory
+from service.serving.predictor import Predictor
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -28,3 +30,16 @@ def get_db(request: Request) -> Iterator[Session]:
 
 SessionDep = Annotated[Session, Depends(get_db)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def get_predictor(request: Request) -> Predictor:
+    """The app's predictor, created on first use (``app.state.predictor``).
+
+    Called directly rather than through ``Depends``: on the hot path FastAPI's dependency
+    solving costs more than this function. Runs on the event loop, so creation is not racy.
+    """
+    predictor: Predictor | None = getattr(request.app.state, "predictor", None)
+    if predictor is None or predictor.closed:
+        predictor = Predictor(request.app.state.settings)
+        request.app.state.predictor = predictor
+    return predictor

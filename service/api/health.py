@@ -9,9 +9,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from service.api.deps import SettingsDep
-from service.config import Settings
-from service.db.session import get_engine, require_migrated
-from service.errors import ErrorResponse, error_response
+from service.api.errors import ErrorResponse, error_response
+from service.core.settings import Settings
+from service.db.engine import get_engine
+from service.db.migrations import require_migrated
 
 router = APIRouter(tags=["health"])
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def check_database(settings: Settings) -> str | None:
 
 def check_broker(settings: Settings) -> str | None:
     """None when a broker connection opens within ~2 s, else what is wrong."""
-    from worker.celery_app import get_celery
+    from service.jobs.queue import get_celery
 
     try:
         with get_celery(settings).connection_for_write() as conn:

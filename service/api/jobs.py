@@ -8,13 +8,14 @@ from fastapi import APIRouter, Body, Header, Query, Response
 from fastapi.responses import PlainTextResponse
 
 from service.api.deps import SessionDep, SettingsDep
+from service.api.errors import ErrorResponse
 from service.api.pagination import PageDep
-from service.db import registry
-from service.errors import ErrorResponse, not_found
-from service.job_service import cancel_job, submit_job
-from service.responses import JobOut, MetricsOut, Page, job_out, metrics_csv, metrics_out
-from service.schemas import JobCreate, JobKind, JobStatus
-from worker.celery_app import enqueue_job
+from service.api.schemas import JobOut, MetricsOut, Page, job_out, metrics_csv, metrics_out
+from service.core.job_spec import JobCreate
+from service.core.vocab import JobKind, JobStatus
+from service.db import job_records, metric_records
+from service.jobs.queue import enqueue_job
+from service.jobs.submit import cancel_job, submit_job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "Unknown job id."}}
@@ -61,8 +62,7 @@ def create_job(
     job, replayed = submit_job(
         session,
         settings,
-        kind=request.kind,
-        config=request.config,
+        spec=request.config,
         base_model_id=request.base_model_id,
         enqueue=enqueue_job,
         idempotency_key=idempotency_key,
@@ -82,7 +82,7 @@ def list_jobs(
     kind: Annotated[JobKind | None, Query(description="Only jobs of this kind.")] = None,
 ) -> Page[JobOut]:
     """List jobs, newest first."""
-    items, total = registry.list_jobs(
+    items, total = job_records.list_jobs(
         session, status=status, kind=kind, limit=page.limit, offset=page.offset
     )
     return Page[JobOut](
@@ -93,9 +93,7 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
 def read_job(job_id: str, session: SessionDep) -> JobOut:
     """One job: status, config with defaults, times, progress, result or error."""
-    job = registry.get_job(session, job_id)
-    if job is None:
-        raise not_found("job", job_id)
+    job = job_records.require_job(session, job_id)
     return job_out(job)
 
 
@@ -127,10 +125,8 @@ def read_metrics(
     format: Annotated[Literal["json", "csv"], Query(description="json or csv.")] = "json",
 ) -> MetricsOut | PlainTextResponse:
     """Per-epoch metrics (readable while the job runs) and the final test metrics."""
-    job = registry.get_job(session, job_id)
-    if job is None:
-        raise not_found("job", job_id)
-    metrics = metrics_out(job, registry.job_metrics(session, job_id))
+    job = job_records.require_job(session, job_id)
+    metrics = metrics_out(job, metric_records.job_metrics(session, job_id))
     if format == "csv":
         return PlainTextResponse(
             metrics_csv(metrics),

@@ -7,13 +7,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from service.api.deps import SessionDep
+from service.api.errors import ErrorResponse
 from service.api.pagination import PageDep
-from service.catalog import require_model
-from service.db import registry
-from service.errors import ErrorResponse
-from service.responses import ModelOut, Page, model_out
+from service.api.schemas import ModelOut, Page, model_out
+from service.core.vocab import LEGACY_MODEL_KINDS, MODEL_KINDS
+from service.db import model_records
 
 router = APIRouter(prefix="/models", tags=["models"])
+KindQuery = Literal[(*MODEL_KINDS, *LEGACY_MODEL_KINDS)]  # type: ignore[valid-type]
 
 
 @router.get("", response_model=Page[ModelOut])
@@ -21,11 +22,18 @@ def list_models(
     session: SessionDep,
     page: PageDep,
     kind: Annotated[
-        Literal["pretrained", "finetuned_full"] | None, Query(description="Only this kind.")
+        KindQuery | None,
+        Query(
+            description="Only models trained by this kind of job (round one's names "
+            "`pretrained` and `finetuned_full` are accepted too)."
+        ),
     ] = None,
 ) -> Page[ModelOut]:
     """List models, newest first."""
-    items, total = registry.list_models(session, kind=kind, limit=page.limit, offset=page.offset)
+    kind = LEGACY_MODEL_KINDS.get(kind, kind) if kind else None
+    items, total = model_records.list_models(
+        session, kind=kind, limit=page.limit, offset=page.offset
+    )
     return Page[ModelOut](
         items=[model_out(m) for m in items], total=total, limit=page.limit, offset=page.offset
     )
@@ -34,4 +42,4 @@ def list_models(
 @router.get("/{model_id}", response_model=ModelOut, responses={404: {"model": ErrorResponse}})
 def read_model(model_id: str, session: SessionDep) -> ModelOut:
     """One model: classes, parameter count, test accuracy, job and parent."""
-    return model_out(require_model(session, model_id))
+    return model_out(model_records.require_model(session, model_id))

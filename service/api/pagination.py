@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Query, Request
 
-from service.errors import ApiError
+from service.core.errors import ApiError
 
 
 class PageParams:

@@ -28,10 +28,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.config import Settings
-from service.errors import ApiError, ErrorResponse
-from service.images import decode_upload, pixels_to_images, to_model_input
-from service.predictor import Predictor
+from service.api.deps import get_predictor
+from service.api.errors import ErrorResponse
+from service.core.errors import ApiError
+from service.core.settings import Settings
+from service.serving.images import decode_upload, pixels_to_images, to_model_input
 
 router = APIRouter(prefix="/predict", tags=["predict"])
 
@@ -142,19 +143,6 @@ _REQUEST_BODY = {
         },
     }
 }
-
-
-def get_predictor(request: Request) -> Predictor:
-    """The app's predictor, created on first use (``app.state.predictor``).
-
-    Called directly rather than through ``Depends``: on the hot path FastAPI's dependency
-    solving costs more than this function. Runs on the event loop, so creation is not racy.
-    """
-    predictor: Predictor | None = getattr(request.app.state, "predictor", None)
-    if predictor is None or predictor.closed:
-        predictor = Predictor(request.app.state.settings)
-        request.app.state.predictor = predictor
-    return predictor
 
 
 @router.post(

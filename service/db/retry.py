@@ -1,7 +1,7 @@
 """Retry a short write transaction that SQLite refused with "database is locked".
 
 SQLite (the embedded default) runs in WAL mode with a busy timeout
-(:mod:`service.db.session`), so a writer normally waits for the lock. A transaction that
+(:mod:`service.db.engine`), so a writer normally waits for the lock. A transaction that
 read before writing can still be refused at once (``SQLITE_BUSY`` when its snapshot went
 stale), and a long pile-up can outlast the busy timeout. Such a transaction is rolled back
 and run again from the start; on Postgres the error never matches and nothing is retried.

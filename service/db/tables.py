@@ -6,7 +6,6 @@ named ``*Record`` to keep that distinction.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,19 +22,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-JOB_KINDS = ("pretrain", "finetune_full", "finetune_lora")
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
-
 
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
 
 
-def new_id(prefix: str) -> str:
-    """A fresh opaque id such as ``job_3f2a...`` (prefix + 24 hex digits)."""
-    return f"{prefix}_{uuid.uuid4().hex[:24]}"
+def as_utc(moment: datetime | None) -> datetime | None:
+    """``moment`` as an aware UTC datetime (SQLite hands back naive ones, stored as UTC)."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
 
 
 class Base(DeclarativeBase):
@@ -50,8 +47,8 @@ class JobRecord(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32), index=True)
-    status: Mapped[str] = mapped_column(String(16), index=True, default="queued")
+    kind: Mapped[str] = mapped_column(String(32), index=True)  # vocab.JobKind
+    status: Mapped[str] = mapped_column(String(16), index=True, default="queued")  # vocab.JobStatus
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     base_model_id: Mapped[str | None] = mapped_column(
         String(64), ForeignKey("models.id", ondelete="RESTRICT"), nullable=True
@@ -100,7 +97,7 @@ class ModelRecord(Base):
     __tablename__ = "models"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32))  # "pretrained" | "finetuned_full"
+    kind: Mapped[str] = mapped_column(String(32))  # vocab.ModelKind: the job kind that trained it
     job_id: Mapped[str | None] = mapped_column(String(64))
     parent_id: Mapped[str | None] = mapped_column(String(64))
     classes: Mapped[list[Any]] = mapped_column(JSON)
@@ -121,7 +118,7 @@ class AdapterRecord(Base):
         String(64), ForeignKey("models.id", ondelete="RESTRICT"), index=True
     )
     job_id: Mapped[str | None] = mapped_column(String(64))
-    source: Mapped[str] = mapped_column(String(16), default="trained")  # or "imported"
+    source: Mapped[str] = mapped_column(String(16), default="trained")  # vocab.AdapterSource
     r: Mapped[int] = mapped_column(Integer)
     lora_alpha: Mapped[float] = mapped_column(Float)
     use_rslora: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -53,7 +53,7 @@ def test_pretrain_job_runs_to_succeeded(
     assert len(csv.text.splitlines()) == 3
 
     model = http.get(f"/models/{model_id}").json()
-    assert model["kind"] == "pretrained" and model["classes"] == [0, 1, 2, 3, 4]
+    assert model["kind"] == "pretrain" and model["classes"] == [0, 1, 2, 3, 4]
     assert model["job_id"] == posted["id"] and model["parent_id"] is None
     assert model["n_parameters"] == 784 * 32 + 32 + 32 * 32 + 32 + 32 * 5 + 5
     listed = http.get("/jobs", params={"status": "succeeded", "kind": "pretrain"}).json()
@@ -73,7 +73,7 @@ def test_lora_job_registers_a_downloadable_adapter(
     base_id = pretrained["final"]["result"]["model_id"]
     config = {"epochs": 2, "r": 4, "lora_alpha": 8, "max_train_samples": 1000}
     job = submit(http, {"kind": "finetune_lora", "base_model_id": base_id, "config": config})
-    assert job["config"]["digits"] == [5, 6, 7, 8, 9] and job["config"]["lr"] == 1e-3
+    assert job["config"]["classes"] == [5, 6, 7, 8, 9] and job["config"]["lr"] == 1e-3
     final, seen = watch(http, job["id"])
     assert final["status"] == "succeeded", final
     assert seen[-1] == "succeeded" and "failed" not in seen
@@ -111,21 +111,21 @@ def test_full_finetune_registers_a_child_model(
     final, _ = watch(http, job["id"])
     assert final["status"] == "succeeded", final
     model = http.get(f"/models/{final['result']['model_id']}").json()
-    assert model["kind"] == "finetuned_full" and model["parent_id"] == base_id
+    assert model["kind"] == "finetune_full" and model["parent_id"] == base_id
     assert model["classes"] == [5, 6, 7, 8, 9]
 
 
 def test_failing_job_ends_failed_with_its_error(stack: Stack, http: httpx.Client) -> None:
     """A base model whose files are gone: the worker fails the job with a clear error."""
-    from service.db import registry
-    from service.db.session import session_scope
+    from service.db import model_records
+    from service.db.engine import session_scope
 
     lost_id = f"mdl_lost_{secrets.token_hex(4)}"
     with session_scope(stack.backend.env["DATABASE_URL"]) as session:
-        registry.register_model(
+        model_records.register_model(
             session,
             model_id=lost_id,
-            kind="pretrained",
+            kind="pretrain",
             job_id=None,
             parent_id=None,
             classes=[0, 1, 2, 3, 4],

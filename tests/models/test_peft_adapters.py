@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from models.adapter_io import AdapterError, adapter_key, load_adapter, save_adapter
 from models.classifier import LINEAR_NAMES
-from models.lora import LoraConfig, forward_with_adapters
+from models.lora import LoraConfig
+from models.multi_lora import forward_with_adapters
 from tests.models.conftest import random_adapter
 
 

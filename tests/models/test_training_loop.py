@@ -13,7 +13,9 @@ from models.lora import LoraConfig, inject_lora
 from models.training import TrainConfig, train
 
 CPU = torch.device("cpu")
-CONFIG = TrainConfig(epochs=3, lr=1e-3, weight_decay=1e-4, batch_size=32, seed=7)
+CONFIG = TrainConfig(
+    epochs=3, lr=1e-3, weight_decay=1e-4, batch_size=32, seed=7, lr_schedule="constant"
+)
 
 
 def fresh_model(small_config: MLPConfig, init_seed: int = 0) -> MLP:
@@ -62,7 +64,7 @@ def test_cosine_schedule_lr_per_epoch():
         5e-4,
         round(1e-3 * (1 - 2**-0.5) / 2, 12),
     ]
-    assert TrainConfig(epochs=4, lr=1e-3).epoch_lr(4) == 1e-3
+    assert TrainConfig(epochs=4, lr=1e-3, lr_schedule="constant").epoch_lr(4) == 1e-3
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainConfig(lr_schedule="linear")
 
@@ -131,7 +133,12 @@ def test_lora_training_updates_only_the_adapter(small_config, tiny_splits):
     model = fresh_model(small_config)
     base = copy.deepcopy(model.state_dict())
     inject_lora(model, LoraConfig(r=4, lora_alpha=8))
-    result = train(model, tiny_splits, TrainConfig(epochs=2, batch_size=32, lr=3e-3), device=CPU)
+    result = train(
+        model,
+        tiny_splits,
+        TrainConfig(epochs=2, batch_size=32, lr=3e-3, lr_schedule="constant"),
+        device=CPU,
+    )
     assert result.history[1].train_loss < result.history[0].train_loss
     for name in ("linear1", "linear2", "linear3"):
         layer = getattr(model, name)
@@ -151,6 +158,11 @@ def test_pretrain_digits_0_to_4_on_real_mnist(real_mnist):
     splits = load_digit_splits(real_mnist, classes=(0, 1, 2, 3, 4))
     assert splits.train_x.shape[0] == 21_417
     torch.manual_seed(0)
-    result = train(MLP(MLPConfig(n_classes=5)), splits, TrainConfig(epochs=2, seed=0), device=CPU)
+    result = train(
+        MLP(MLPConfig(n_classes=5)),
+        splits,
+        TrainConfig(epochs=2, seed=0, lr_schedule="constant"),
+        device=CPU,
+    )
     assert result.test_accuracy >= 0.98, result
     assert set(result.per_digit_errors) == {0, 1, 2, 3, 4}

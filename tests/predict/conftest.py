@@ -84,7 +84,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
 
 def insert_model(settings: Any, art: Artifacts, model_id: str, created_at: Any = None) -> None:
     """Register ``model_id`` of ``art`` as a pre-trained model record."""
-    from service.db.session import session_scope
+    from service.db.engine import session_scope
     from service.db.tables import ModelRecord
 
     path, model, classes = art.models[model_id]
@@ -93,7 +93,7 @@ def insert_model(settings: Any, art: Artifacts, model_id: str, created_at: Any =
         s.add(
             ModelRecord(
                 id=model_id,
-                kind="pretrained",
+                kind="pretrain",
                 classes=list(classes),
                 architecture={"type": "mlp", **SMALL.to_dict()},
                 n_parameters=sum(p.numel() for p in model.parameters()),
@@ -105,7 +105,7 @@ def insert_model(settings: Any, art: Artifacts, model_id: str, created_at: Any =
 
 def insert_adapter(settings: Any, art: Artifacts, adapter_id: str) -> None:
     """Register adapter ``adapter_id`` of ``art``."""
-    from service.db.session import session_scope
+    from service.db.engine import session_scope
     from service.db.tables import AdapterRecord
 
     path, weights, base_id, classes = art.adapters[adapter_id]
@@ -126,7 +126,7 @@ def insert_adapter(settings: Any, art: Artifacts, adapter_id: str) -> None:
 
 def delete_adapter(settings: Any, adapter_id: str) -> None:
     """Delete an adapter record (as ``DELETE /adapters/{id}`` does)."""
-    from service.db.session import session_scope
+    from service.db.engine import session_scope
     from service.db.tables import AdapterRecord
 
     with session_scope(settings.database_url) as s:
@@ -149,7 +149,7 @@ def registry(migrated, artifacts: Artifacts) -> Artifacts:
 @pytest.fixture
 def make_app(migrated) -> Callable[..., Any]:
     """Build the real app on the migrated database with settings overrides."""
-    from service.app import create_app
+    from service.api.app import create_app
 
     def make(**overrides: Any) -> Any:
         return create_app(migrated.model_copy(update=overrides))

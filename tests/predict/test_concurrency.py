@@ -20,8 +20,8 @@ import httpx
 import torch
 
 from models.adapter_io import save_adapter
-from models.lora import forward_with_adapters
-from service.images import to_model_input
+from models.multi_lora import forward_with_adapters
+from service.serving.images import to_model_input
 from tests.predict.conftest import (
     ADAPTER_CLASSES,
     SMALL,
@@ -111,7 +111,7 @@ def test_small_cache_while_adapters_are_registered_mid_flight(
         while not stop.is_set():
             predictor = getattr(app.state, "predictor", None)
             if predictor is not None:
-                resident_max = max(resident_max, len(predictor.cache))
+                resident_max = max(resident_max, len(predictor.adapter_cache))
             time.sleep(0.0005)
 
     watcher = threading.Thread(target=watch, daemon=True)

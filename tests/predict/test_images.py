@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from service.errors import ApiError
-from service.images import decode_upload, frame_digit, pixels_to_images, to_model_input
+from service.core.errors import ApiError
+from service.serving.images import decode_upload, frame_digit, pixels_to_images, to_model_input
 
 LIMIT = 4096 * 4096
 

@@ -139,9 +139,9 @@ def test_delete_adapter_route_then_predict_404(predict_client, registry, migrate
         body = {"pixels": [[0] * 28] * 28, "adapter_id": "doomed"}
         assert predict_client.post("/predict", json=body).status_code == 200
         predictor = predict_client.app.state.predictor
-        assert "doomed" in predictor.cache.keys()
+        assert "doomed" in predictor.adapter_cache.keys()
         assert predict_client.delete("/adapters/doomed").status_code == 204
-        assert "doomed" not in predictor.cache.keys()
+        assert "doomed" not in predictor.adapter_cache.keys()
         r = predict_client.post("/predict", json=body)
         assert r.status_code == 404 and r.json()["error"]["code"] == "adapter_not_found"
     finally:

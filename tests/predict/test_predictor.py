@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 import torch
 
-from models.lora import apply_adapter, forward_with_adapters
-from service.adapter_cache import LRUCache
-from service.errors import ApiError
-from service.images import to_model_input
-from service.predictor import Predictor
+from models.lora import apply_adapter
+from models.multi_lora import forward_with_adapters
+from service.core.errors import ApiError
+from service.serving.cache import LRUCache
+from service.serving.images import to_model_input
+from service.serving.predictor import Predictor
 from tests.predict.conftest import delete_adapter, insert_adapter, sample_pixels
 
 # ---------------------------------------------------------------- LRU cache
@@ -169,13 +170,14 @@ def test_deleted_adapter_answers_404_and_leaves_the_cache(registry, migrated, im
         try:
             await predictor.predict(images[:1], "base", "ad3")
             await predictor.predict(images[:1], "base", "ad4")
-            assert {"ad3", "ad4"} <= set(predictor.cache.keys())
+            assert {"ad3", "ad4"} <= set(predictor.adapter_cache.keys())
             delete_adapter(migrated, "ad3")  # another process deleted it: no evict hook here
             with pytest.raises(ApiError) as err:
                 await predictor.predict(images[:1], "base", "ad3")
-            assert err.value.status == 404 and "ad3" not in predictor.cache.keys()
+            assert err.value.status == 404 and "ad3" not in predictor.adapter_cache.keys()
             delete_adapter(migrated, "ad4")
-            assert predictor.evict("ad4") and "ad4" not in predictor.cache.keys()  # the hook
+            assert predictor.evict("ad4")  # the hook
+            assert "ad4" not in predictor.adapter_cache.keys()
             with pytest.raises(ApiError):
                 await predictor.predict(images[:1], "base", "ad4")
         finally:
@@ -211,7 +213,7 @@ def test_just_registered_adapter_is_usable_at_once(registry, migrated, images, t
 def test_broken_artifact_is_503_not_500(registry, migrated, images, tmp_path) -> None:
     registry.adapters["broken"] = (tmp_path / "missing", None, "base", (5, 6, 7, 8, 9))
     try:
-        from service.db.session import session_scope
+        from service.db.engine import session_scope
         from service.db.tables import AdapterRecord
 
         with session_scope(migrated.database_url) as s:
@@ -261,7 +263,7 @@ def test_multi_image_requests_with_mixed_adapters_in_one_batch(
 ) -> None:
     """Requests of different sizes, different images and different adapters gathered into one
     micro-batch (plus one whose adapter cannot load): each gets its own rows, in order."""
-    from service.db.session import session_scope
+    from service.db.engine import session_scope
     from service.db.tables import AdapterRecord
 
     registry.adapters["broken"] = (tmp_path / "missing", None, "base", (5, 6, 7, 8, 9))

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from e2e_stack import WORKER_COMMAND, Proc, Stack, start
 
-from service.config import Settings
+from service.core.settings import Settings
 
 T = TypeVar("T")
 
@@ -135,7 +135,7 @@ def settings_of(stack: Stack, **env: str) -> Settings:
 @contextmanager
 def session(stack: Stack):  # noqa: ANN201 (a context manager of Session)
     """A session on the stack's database (commits on success)."""
-    from service.db.session import session_scope
+    from service.db.engine import session_scope
 
     with session_scope(stack.env["DATABASE_URL"]) as s:
         yield s
@@ -143,10 +143,10 @@ def session(stack: Stack):  # noqa: ANN201 (a context manager of Session)
 
 def job_row(stack: Stack, job_id: str) -> Any:
     """The job record as stored now."""
-    from service.db import registry
+    from service.db import job_records
 
     with session(stack) as s:
-        return registry.get_job(s, job_id)
+        return job_records.get_job(s, job_id)
 
 
 def metric_rows(stack: Stack, job_id: str) -> list[tuple[int, str, float]]:
@@ -235,8 +235,8 @@ def register_base(stack: Stack, hidden: int = 32) -> str:
 
     from models.checkpoint import save_model
     from models.classifier import MLP, MLPConfig, count_parameters
-    from service.artifacts import model_dir
-    from service.db import registry
+    from service.core.artifacts import model_dir
+    from service.db import model_records
 
     torch.manual_seed(0)
     model = MLP(MLPConfig(hidden1=hidden, hidden2=hidden, n_classes=5))
@@ -244,10 +244,10 @@ def register_base(stack: Stack, hidden: int = 32) -> str:
     directory = model_dir(settings_of(stack), model_id)
     save_model(directory, model, [5, 6, 7, 8, 9])
     with session(stack) as s:
-        registry.register_model(
+        model_records.register_model(
             s,
             model_id=model_id,
-            kind="pretrained",
+            kind="pretrain",
             job_id=None,
             parent_id=None,
             classes=[5, 6, 7, 8, 9],

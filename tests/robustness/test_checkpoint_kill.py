@@ -33,7 +33,7 @@ from models.training import TrainConfig, make_optimizer
 path, expected = sys.argv[1], sys.argv[2]
 torch.manual_seed(0)
 model = MLP(MLPConfig(hidden1=16, hidden2=16, n_classes=5))
-optimizer = make_optimizer(model, TrainConfig())
+optimizer = make_optimizer(model, TrainConfig(lr_schedule="constant"))
 gens = {"shuffle": torch.Generator().manual_seed(0)}  # as models.training.train saves it
 ckpt.save_training_state(path, model, optimizer, 1, extra={"history": []}, generators=gens)
 save_file({k: v.clone() for k, v in model.state_dict().items()}, expected)
@@ -62,13 +62,14 @@ def test_sigkill_during_checkpoint_write_keeps_the_previous_one(
 
     assert read_training_meta(path)["epoch"] == 1
     model = MLP(MLPConfig(**ARCH))
-    optimizer = make_optimizer(model, TrainConfig())
+    optimizer = make_optimizer(model, TrainConfig(lr_schedule="constant"))
     assert load_training_state(path, model, optimizer) == 1
     for name, tensor in load_file(str(expected)).items():
         assert torch.equal(model.state_dict()[name], tensor), name
 
     result = train(
-        MLP(MLPConfig(**ARCH)), tiny_splits, TrainConfig(epochs=2, batch_size=64),
+        MLP(MLPConfig(**ARCH)), tiny_splits,
+        TrainConfig(epochs=2, batch_size=64, lr_schedule="constant"),
         checkpoint_path=path, device="cpu",
     )  # fmt: skip
     assert [h.epoch for h in result.history] == [2]  # epoch 1 came from the checkpoint

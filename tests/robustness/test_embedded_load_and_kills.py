@@ -31,7 +31,7 @@ from robust_helpers import (
     running_on,
 )
 
-from service.db.leases import WORKER_LOST
+from service.jobs.leases import WORKER_LOST
 
 pytestmark = pytest.mark.e2e
 

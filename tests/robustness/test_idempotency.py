@@ -9,9 +9,9 @@ import threading
 import pytest
 from svc_helpers import error_of
 
-from service import job_service
-from service.db.session import session_factory
-from service.schemas import PretrainConfig
+from service.core.job_spec import PretrainSpec
+from service.db.engine import session_factory
+from service.jobs import submit as job_service
 
 BODY = {"kind": "pretrain", "config": {"epochs": 2, "hidden1": 16, "hidden2": 16}}
 
@@ -80,7 +80,7 @@ def test_concurrent_identical_requests_create_one_job(client, sent: list[str]) -
 def test_insert_race_rereads_the_winner(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both requests miss each other's row on the first look-up and insert; the loser's
     unique violation turns into a replay (on SQLite and Postgres)."""
-    from service.config import Settings
+    from service.core.settings import Settings
 
     settings = Settings(_env_file=None, database_url=db_url)  # type: ignore[call-arg]
     real_lookup = job_service._by_key
@@ -95,7 +95,7 @@ def test_insert_race_rereads_the_winner(db_url: str, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(job_service, "_by_key", racing_lookup)
     queued: list[str] = []
     factory = session_factory(db_url)
-    config = PretrainConfig(epochs=2)
+    config = PretrainSpec(epochs=2)
     results = []
     for _ in range(2):
         with factory() as session:
@@ -103,8 +103,7 @@ def test_insert_race_rereads_the_winner(db_url: str, monkeypatch: pytest.MonkeyP
                 job_service.submit_job(
                     session,
                     settings,
-                    kind="pretrain",
-                    config=config,
+                    spec=config,
                     base_model_id=None,
                     enqueue=lambda job_id, _s: queued.append(job_id),
                     idempotency_key=f"r-{id(misses)}",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.config import Settings
-from worker.celery_app import celery_config, make_celery
+from service.core.settings import Settings
+from service.jobs.queue import celery_config, make_celery
 from worker.lease import fence_after
 
 

@@ -11,14 +11,16 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from service.db import leases, registry
-from service.db.session import session_scope
+from service.db import job_records
+from service.db.engine import session_scope
 from service.db.tables import JobRecord, utcnow
+from service.jobs import leases
+from service.jobs import state as job_state
 
 
 def _job(url: str) -> str:
     with session_scope(url) as s:
-        return registry.create_job(
+        return job_records.create_job(
             s, kind="pretrain", config={"epochs": 3}, base_model_id=None, epochs=3
         ).id
 
@@ -35,7 +37,7 @@ def _age(url: str, job_id: str, seconds: float) -> None:
 
 def _row(url: str, job_id: str) -> JobRecord:
     with session_scope(url) as s:
-        return registry.get_job(s, job_id)
+        return job_records.get_job(s, job_id)
 
 
 def _reap(url: str, sent: list[str], mine: set[str], **kw: float) -> leases.ReapResult:
@@ -53,7 +55,7 @@ def _reap(url: str, sent: list[str], mine: set[str], **kw: float) -> leases.Reap
 def test_take_over_only_a_stale_lease(db_url: str) -> None:
     job_id = _job(db_url)
     with session_scope(db_url) as s:
-        registry.claim_job(s, job_id, "w1")
+        job_state.claim_job(s, job_id, "w1")
         take = dict(lease_seconds=30.0, max_attempts=3)
         assert leases.take_over_stale(s, job_id, "w2", **take) is None  # alive: a no-op
     _age(db_url, job_id, 60)
@@ -62,10 +64,10 @@ def test_take_over_only_a_stale_lease(db_url: str) -> None:
         assert job is not None and job.worker_id == "w2" and job.attempt == 2
         assert leases.take_over_stale(s, job_id, "w3", **take) is None  # fresh again
         # the old worker changes nothing any more
-        assert not registry.renew_lease(s, job_id, "w1")
-        assert not registry.record_epoch(s, job_id, "w1", 1, {"train_loss": 1.0})
-        assert not registry.mark_failed(s, job_id, code="x", message="y", worker_id="w1")
-        assert registry.stop_reason(s, job_id, "w1") == "lease_lost"
+        assert not job_state.renew_lease(s, job_id, "w1")
+        assert not job_state.record_epoch(s, job_id, "w1", 1, {"train_loss": 1.0})
+        assert not job_state.mark_failed(s, job_id, code="x", message="y", worker_id="w1")
+        assert job_state.stop_reason(s, job_id, "w1") == "lease_lost"
     assert _row(db_url, job_id).status == "running"
 
 
@@ -73,8 +75,8 @@ def test_take_over_refuses_cancelled_or_exhausted_jobs(db_url: str) -> None:
     cancelled, exhausted = _job(db_url), _job(db_url)
     with session_scope(db_url) as s:
         for job_id in (cancelled, exhausted):
-            registry.claim_job(s, job_id, "w1")
-        registry.request_cancel(s, cancelled)
+            job_state.claim_job(s, job_id, "w1")
+        job_state.request_cancel(s, cancelled)
     for job_id in (cancelled, exhausted):
         _age(db_url, job_id, 60)
     with session_scope(db_url) as s:
@@ -85,8 +87,8 @@ def test_take_over_refuses_cancelled_or_exhausted_jobs(db_url: str) -> None:
 def test_reaper_requeues_a_stale_job_and_sends_one_message(db_url: str) -> None:
     job_id, alive_id = _job(db_url), _job(db_url)
     with session_scope(db_url) as s:
-        registry.claim_job(s, job_id, "w1")
-        registry.claim_job(s, alive_id, "w1")
+        job_state.claim_job(s, job_id, "w1")
+        job_state.claim_job(s, alive_id, "w1")
     _age(db_url, job_id, 60)
     sent: list[str] = []
     mine = {job_id, alive_id}
@@ -96,7 +98,7 @@ def test_reaper_requeues_a_stale_job_and_sends_one_message(db_url: str) -> None:
     assert row.status == "queued" and row.worker_id is None and row.attempt == 1
     assert _reap(db_url, sent, mine).requeued == [] and sent == [job_id]  # nothing twice
     with session_scope(db_url) as s:
-        assert registry.claim_job(s, job_id, "w2").attempt == 2  # the next run
+        assert job_state.claim_job(s, job_id, "w2").attempt == 2  # the next run
     assert _row(db_url, alive_id).status == "running"
 
 
@@ -105,7 +107,7 @@ def test_reaper_fails_the_job_at_the_attempt_limit(db_url: str) -> None:
     sent: list[str] = []
     for attempt in (1, 2, 3):
         with session_scope(db_url) as s:
-            assert registry.claim_job(s, job_id, f"w{attempt}").attempt == attempt
+            assert job_state.claim_job(s, job_id, f"w{attempt}").attempt == attempt
         _age(db_url, job_id, 60)
         _reap(db_url, sent, {job_id})
     row = _row(db_url, job_id)
@@ -117,20 +119,20 @@ def test_reaper_fails_the_job_at_the_attempt_limit(db_url: str) -> None:
 def test_reaper_cancels_a_dead_job_whose_cancel_was_requested(db_url: str) -> None:
     job_id = _job(db_url)
     with session_scope(db_url) as s:
-        registry.claim_job(s, job_id, "w1")
-        registry.request_cancel(s, job_id)
+        job_state.claim_job(s, job_id, "w1")
+        job_state.request_cancel(s, job_id)
     _age(db_url, job_id, 60)
     sent: list[str] = []
     assert _reap(db_url, sent, {job_id}).cancelled == [job_id] and sent == []
     assert _row(db_url, job_id).status == "cancelled"
     with session_scope(db_url) as s:  # a late message never revives it
-        assert registry.claim_job(s, job_id, "w2") is None
+        assert job_state.claim_job(s, job_id, "w2") is None
 
 
 def test_reaper_resends_a_lost_message_once_per_period(db_url: str) -> None:
     job_id, cancelled = _job(db_url), _job(db_url)
     with session_scope(db_url) as s:
-        registry.request_cancel(s, cancelled)
+        job_state.request_cancel(s, cancelled)
     sent: list[str] = []
     mine = {job_id, cancelled}
     assert _reap(db_url, sent, mine, resend_after=3600).resent == []
@@ -143,7 +145,7 @@ def test_reaper_resends_a_lost_message_once_per_period(db_url: str) -> None:
 def test_failed_send_is_retried_next_pass(db_url: str) -> None:
     job_id = _job(db_url)
     with session_scope(db_url) as s:
-        registry.claim_job(s, job_id, "w1")
+        job_state.claim_job(s, job_id, "w1")
     _age(db_url, job_id, 60)
 
     def broker_down(_: str) -> None:
@@ -163,7 +165,7 @@ def test_racing_reapers_requeue_once(db_url: str, reapers: int) -> None:
     job_ids = [_job(db_url) for _ in range(5)]
     with session_scope(db_url) as s:
         for job_id in job_ids:
-            registry.claim_job(s, job_id, "dead")
+            job_state.claim_job(s, job_id, "dead")
     for job_id in job_ids:
         _age(db_url, job_id, 60)
     sent: list[list[str]] = [[] for _ in range(reapers)]

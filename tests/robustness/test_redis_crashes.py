@@ -33,9 +33,9 @@ from robust_helpers import (
     wait_ready,
 )
 
-from service.artifacts import TRAINING_STATE_FILE as CHECKPOINT
-from worker.celery_app import enqueue_job
-from worker.runner import derived_id
+from service.core.artifacts import TRAINING_STATE_FILE as CHECKPOINT
+from service.core.vocab import derived_id
+from service.jobs.queue import enqueue_job
 
 pytestmark = pytest.mark.e2e
 

@@ -8,9 +8,11 @@ import time
 
 import pytest
 
-from service.artifacts import checkpoint_file
-from service.db import leases, registry
-from service.db.session import session_factory, session_scope
+from service.core.artifacts import checkpoint_file
+from service.db import job_records, metric_records
+from service.db.engine import session_factory, session_scope
+from service.jobs import leases
+from service.jobs import state as job_state
 from worker import runner
 from worker.lease import LeaseKeeper, StopCheck, fence_after
 
@@ -24,11 +26,11 @@ class WorkerDied(BaseException):
 
 
 def _submit(settings) -> str:  # noqa: ANN001
-    from service.schemas import PretrainConfig
+    from service.core.job_spec import PretrainSpec
 
-    cfg = PretrainConfig(**TINY)
+    cfg = PretrainSpec(**TINY)
     with session_scope(settings.database_url) as s:
-        return registry.create_job(
+        return job_records.create_job(
             s, kind="pretrain", config=cfg.model_dump(mode="json"), base_model_id=None,
             epochs=cfg.epochs,
         ).id  # fmt: skip
@@ -37,7 +39,7 @@ def _submit(settings) -> str:  # noqa: ANN001
 def _die_at(monkeypatch: pytest.MonkeyPatch, epoch: int, *, before_record: bool) -> None:
     """Make the run die when it reaches ``epoch``'s ``record_epoch`` (after the checkpoint
     of that epoch was written), before or after the epoch's metrics are recorded."""
-    real = registry.record_epoch
+    real = job_state.record_epoch
 
     def record(session, job_id, worker_id, n, values):  # noqa: ANN001, ANN202
         if n == epoch and before_record:
@@ -47,12 +49,12 @@ def _die_at(monkeypatch: pytest.MonkeyPatch, epoch: int, *, before_record: bool)
             raise WorkerDied
         return done
 
-    monkeypatch.setattr(registry, "record_epoch", record)
+    monkeypatch.setattr(job_state, "record_epoch", record)
 
 
 def _metrics(settings, job_id: str) -> dict[int, dict[str, float]]:  # noqa: ANN001
     with session_scope(settings.database_url) as s:
-        return registry.job_metrics(s, job_id)
+        return metric_records.job_metrics(s, job_id)
 
 
 def _requeue(settings, job_id: str) -> None:  # noqa: ANN001
@@ -83,7 +85,7 @@ def test_requeued_job_resumes_from_its_checkpoint(
     _requeue(migrated, job_id)
     assert runner.run_job(job_id, migrated, worker_id="w2") == "succeeded"
     with session_scope(migrated.database_url) as s:
-        job = registry.get_job(s, job_id)
+        job = job_records.get_job(s, job_id)
     assert job.attempt == 2 and job.epoch == EPOCHS
     final = _metrics(migrated, job_id)
     assert sorted(final) == list(range(1, EPOCHS + 1))
@@ -105,10 +107,10 @@ def test_unreadable_checkpoint_restarts_from_scratch(migrated) -> None:
 def test_a_redelivery_while_the_lease_is_alive_does_nothing(migrated) -> None:
     job_id = _submit(migrated)
     with session_scope(migrated.database_url) as s:
-        registry.claim_job(s, job_id, "w1")
+        job_state.claim_job(s, job_id, "w1")
     assert runner.run_job(job_id, migrated, worker_id="w2") == "skipped"
     with session_scope(migrated.database_url) as s:
-        job = registry.get_job(s, job_id)
+        job = job_records.get_job(s, job_id)
     assert job.worker_id == "w1" and job.attempt == 1
 
 
@@ -117,12 +119,12 @@ def test_worker_fences_itself_when_heartbeats_fail(migrated, monkeypatch) -> Non
     any reaper could call the lease stale."""
     job_id = _submit(migrated)
     with session_scope(migrated.database_url) as s:
-        registry.claim_job(s, job_id, "w1")
+        job_state.claim_job(s, job_id, "w1")
 
     def unreachable(*_: object) -> bool:
         raise ConnectionError("database unreachable")
 
-    monkeypatch.setattr(registry, "renew_lease", unreachable)
+    monkeypatch.setattr(job_state, "renew_lease", unreachable)
     factory = session_factory(migrated.database_url)
     keeper = LeaseKeeper(factory, job_id, "w1", interval=0.05, fence_seconds=0.3)
     stop = StopCheck(factory, job_id, "w1", 0.5, lease=keeper)

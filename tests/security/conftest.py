@@ -16,7 +16,7 @@ from tests.live_server import LiveServer  # noqa: F401 (re-exported for the test
 @pytest.fixture
 def make_app(migrated) -> Callable[..., Any]:
     """Build the real app on the migrated database with settings overrides."""
-    from service.app import create_app
+    from service.api.app import create_app
 
     def make(**overrides: Any) -> Any:  # validated, so e.g. api_keys become SecretStr
         return create_app(type(migrated).model_validate({**migrated.model_dump(), **overrides}))
@@ -92,9 +92,9 @@ def base_model_id(migrated, peft_pair: PeftPair) -> str:
     import shutil
 
     from models.classifier import count_parameters
-    from service.artifacts import model_dir
-    from service.db.registry import register_model
-    from service.db.session import session_scope
+    from service.core.artifacts import model_dir
+    from service.db.engine import session_scope
+    from service.db.model_records import register_model
 
     target = model_dir(migrated, BASE_MODEL_ID)
     shutil.copytree(peft_pair.base_dir, target)
@@ -102,7 +102,7 @@ def base_model_id(migrated, peft_pair: PeftPair) -> str:
         register_model(
             session,
             model_id=BASE_MODEL_ID,
-            kind="pretrained",
+            kind="pretrain",
             job_id=None,
             parent_id=None,
             classes=list(BASE_CLASSES),
@@ -141,7 +141,7 @@ def nothing_left(migrated) -> Callable[[], None]:
     """Assert that no adapter directory (temporary or final) and no adapter record exist."""
     from sqlalchemy import func, select
 
-    from service.db.session import session_scope
+    from service.db.engine import session_scope
     from service.db.tables import AdapterRecord
 
     def check() -> None:

@@ -24,8 +24,8 @@ def _check_created(response, base_model_id: str, classes: list[int]) -> dict:
 
 
 def _stored_dir(settings, adapter_id: str) -> Path:
-    from service.db.registry import get_adapter
-    from service.db.session import session_scope
+    from service.db.adapter_records import get_adapter
+    from service.db.engine import session_scope
 
     with session_scope(settings.database_url) as session:
         record = get_adapter(session, adapter_id)
@@ -84,7 +84,7 @@ def test_imported_adapter_round_trips_to_peft_logits(
     """The stored artifact loads with our loader and gives exactly peft's logits."""
     from models.adapter_io import load_adapter
     from models.checkpoint import load_model
-    from models.lora import forward_with_adapters
+    from models.multi_lora import forward_with_adapters
 
     body = _check_created(
         post_adapter(client, base_model_id, list(peft_pair.files().items())),

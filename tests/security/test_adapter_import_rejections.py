@@ -316,7 +316,7 @@ def test_oversized_adapter_is_413(
 def test_failed_registration_leaves_no_directory(
     app, post_adapter, base_model_id, peft_pair, nothing_left, monkeypatch
 ):
-    import service.adapter_upload as upload
+    import service.adapters.upload as upload
 
     def broken(*args, **kwargs):
         raise RuntimeError("database went away")

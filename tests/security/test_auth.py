@@ -28,7 +28,7 @@ def _bearer(key: str) -> dict[str, str]:
 
 
 def test_open_app_warns_loudly_and_needs_no_key(make_app, caplog: pytest.LogCaptureFixture):
-    with caplog.at_level(logging.WARNING, logger="service.security"):
+    with caplog.at_level(logging.WARNING, logger="service.api.security"):
         app = make_app(api_keys=[])
     assert any("OPEN" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     with TestClient(app) as client:
@@ -37,7 +37,7 @@ def test_open_app_warns_loudly_and_needs_no_key(make_app, caplog: pytest.LogCapt
 
 
 def test_keyed_app_does_not_warn(make_app, caplog: pytest.LogCaptureFixture):
-    with caplog.at_level(logging.INFO, logger="service.security"):
+    with caplog.at_level(logging.INFO, logger="service.api.security"):
         make_app(api_keys=[API_KEY])
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
@@ -97,7 +97,7 @@ def test_every_operation_but_public_ones_requires_a_key(keyed_client):
 def test_keys_are_compared_in_constant_time(make_app, monkeypatch: pytest.MonkeyPatch):
     import hmac
 
-    import service.security as security
+    import service.api.security as security
 
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest

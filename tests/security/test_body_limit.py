@@ -14,7 +14,7 @@ import httpx
 from fastapi import File, Request, UploadFile
 from fastapi.testclient import TestClient
 
-from service.security import BodySizeLimitMiddleware
+from service.api.security import BodySizeLimitMiddleware
 
 LIMIT = 64 * 1024
 

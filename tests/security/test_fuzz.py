@@ -44,8 +44,8 @@ CHECKS = [
 
 def _operations() -> list[tuple[str, bool]]:
     """``("METHOD /path", has_inputs)`` of every operation (schema built without a database)."""
-    from service.app import create_app
-    from service.config import Settings
+    from service.api.app import create_app
+    from service.core.settings import Settings
 
     app = create_app(Settings(database_url="sqlite://", api_keys=[], _env_file=None))
     found = []

@@ -27,8 +27,8 @@ def postgres_url() -> Iterator[str]:
         pytest.skip("Postgres is not running on 127.0.0.1:5432")
     import psycopg
 
-    from service.db.migrate import upgrade
-    from service.db.session import get_engine
+    from service.db.engine import get_engine
+    from service.db.migrations import upgrade
 
     name = f"lora_test_{secrets.token_hex(6)}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
@@ -48,7 +48,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A migrated database URL: a fresh SQLite file, or the session's Postgres database."""
     if request.param == "postgres":
         return request.getfixturevalue("postgres_url")
-    from service.db.migrate import upgrade
+    from service.db.migrations import upgrade
 
     url = f"sqlite:///{tmp_path / 'registry.db'}"
     upgrade(url)

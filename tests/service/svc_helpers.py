@@ -22,15 +22,15 @@ def error_of(resp, status: int, code: str, param: str | None = "ANY") -> dict:  
 
 def add_model(url: str, model_id: str | None = None, classes: list[int] | None = None) -> str:
     """Register a (file-less) model record; returns its id."""
-    from service.db import registry
-    from service.db.session import session_scope
+    from service.db import model_records
+    from service.db.engine import session_scope
 
     model_id = model_id or f"mdl_{secrets.token_hex(6)}"
     with session_scope(url) as session:
-        registry.register_model(
+        model_records.register_model(
             session,
             model_id=model_id,
-            kind="pretrained",
+            kind="pretrain",
             job_id=None,
             parent_id=None,
             classes=classes or [0, 1, 2, 3, 4],

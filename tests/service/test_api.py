@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from svc_helpers import add_model, error_of
 
-from service.schemas import FinetuneFullConfig, FinetuneLoraConfig, PretrainConfig
+from service.core.job_spec import FinetuneFullSpec, FinetuneLoraSpec, PretrainSpec
 
 UNKNOWN = "job_doesnotexist"
 
@@ -94,7 +94,7 @@ def test_create_job_not_json(client) -> None:
 
 def test_create_finetune_digits_must_match_base_head(client, base_model: str) -> None:
     body = {"kind": "finetune_full", "base_model_id": base_model, "config": {"digits": [5, 6]}}
-    error_of(client.post("/jobs", json=body), 422, "validation_error", "config.digits")
+    error_of(client.post("/jobs", json=body), 422, "validation_error", "config.classes")
 
 
 def test_create_lora_rank_bounded_by_targeted_layers(client, base_model: str) -> None:
@@ -113,20 +113,20 @@ def test_create_job_fills_defaults(client, base_model: str) -> None:
     job = resp.json()
     assert resp.headers["location"] == f"/jobs/{job['id']}"
     assert job["status"] == "queued" and job["attempt"] == 0 and job["result"] is None
-    assert job["config"] == PretrainConfig().model_dump()
-    assert job["config"]["digits"] == [0, 1, 2, 3, 4] and job["config"]["epochs"] == 30
+    assert job["config"] == PretrainSpec().model_dump()
+    assert job["config"]["classes"] == [0, 1, 2, 3, 4] and job["config"]["epochs"] == 30
     assert (job["config"]["lr"], job["config"]["weight_decay"]) == (1e-3, 1e-4)
     assert job["progress"] == {"epoch": 0, "epochs": 30, "fraction": 0.0, "eta_seconds": None}
 
     full = client.post("/jobs", json={"kind": "finetune_full", "base_model_id": base_model})
-    assert full.json()["config"] == FinetuneFullConfig().model_dump()
+    assert full.json()["config"] == FinetuneFullSpec().model_dump()
     assert full.json()["config"]["lr"] == 1e-5 and full.json()["config"]["epochs"] == 10
     lora = client.post("/jobs", json={"kind": "finetune_lora", "base_model_id": base_model})
     config = lora.json()["config"]
-    assert config == FinetuneLoraConfig().model_dump()
+    assert config == FinetuneLoraSpec().model_dump()
     assert (config["r"], config["lora_alpha"], config["lr"]) == (8, 16.0, 1e-3)
     assert config["target_modules"] == ["linear1", "linear2", "linear3"]
-    assert config["digits"] == [5, 6, 7, 8, 9]
+    assert config["classes"] == [5, 6, 7, 8, 9]
     assert (config["dropout"], config["lr_schedule"]) == (0.0, "cosine")
     big = client.post(
         "/jobs", json={"kind": "finetune_lora", "base_model_id": base_model, "config": {"r": 16}}
@@ -205,7 +205,7 @@ def test_health_ok_and_docs_served(client) -> None:
 def test_broker_down_health_503_and_submit_503(migrated) -> None:
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.api.app import create_app
 
     settings = migrated.model_copy(update={"broker_url": "redis://127.0.0.1:9/0"})
     with TestClient(create_app(settings)) as client:

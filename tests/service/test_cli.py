@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from service.cli import PROCESS_COMMANDS, build_parser, check_database
-from service.config import Settings
+from service.core.settings import Settings
 
 BIN = Path(sys.executable).with_name("lora-service")
 SETTINGS_VARS = {name.upper() for name in Settings.model_fields}

@@ -20,7 +20,7 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from service.cli import PROCESS_COMMANDS, worker_argv
-from service.config import Settings
+from service.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_SERVICES = ("migrate", "api", "worker")

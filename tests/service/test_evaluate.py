@@ -13,8 +13,8 @@ from models.adapter_io import save_adapter
 from models.checkpoint import save_model
 from models.classifier import MLP, MLPConfig
 from models.lora import AdapterWeights, LoraConfig, inject_lora
-from service.db import registry
-from service.db.session import session_scope
+from service.db import adapter_records, model_records
+from service.db.engine import session_scope
 from tests.conftest import mnist_dir
 
 pytestmark = pytest.mark.skipif(
@@ -30,8 +30,8 @@ def _register(settings, tmp: Path, model_id: str, adapter_id: str | None = None)
     model = MLP(SMALL)
     save_model(tmp / model_id, model, classes=(0, 1))
     with session_scope(settings.database_url) as s:
-        registry.register_model(
-            s, model_id=model_id, kind="pretrained", job_id=None, parent_id=None,
+        model_records.register_model(
+            s, model_id=model_id, kind="pretrain", job_id=None, parent_id=None,
             classes=[0, 1], architecture=SMALL.to_dict(), n_parameters=1, test_accuracy=None,
             path=str(tmp / model_id),
         )  # fmt: skip
@@ -40,9 +40,9 @@ def _register(settings, tmp: Path, model_id: str, adapter_id: str | None = None)
             inject_lora(model, lora)
             torch.nn.init.normal_(model.linear3.lora_B.weight)
             save_adapter(tmp / adapter_id, AdapterWeights.from_model(model))
-            registry.register_adapter(
+            adapter_records.register_adapter(
                 s, adapter_id=adapter_id, base_model_id=model_id, job_id=None, source="trained",
-                lora_config=lora.to_peft_dict(), trainable_parameters=1, classes=[7, 8],
+                lora_config=lora, trainable_parameters=1, classes=[7, 8],
                 test_accuracy=None,
                 path=str(tmp / adapter_id),
             )  # fmt: skip
@@ -52,11 +52,11 @@ def test_evaluate_counts_the_test_images_of_the_digits(client, migrated, tmp_pat
     _register(migrated, tmp_path, "m1", "a1")
     body = client.post("/evaluate", json={"model_id": "m1"}).json()
     assert body["n_samples"] == 980 + 1135  # MNIST test zeros and ones
-    assert body["digits"] == [0, 1] and body["head_classes"] == [0, 1]
+    assert body["test_digits"] == [0, 1] and body["classes"] == [0, 1]
     wrong = sum(body["per_digit_errors"].values())
     assert body["accuracy"] == pytest.approx(1 - wrong / body["n_samples"])
     with_adapter = client.post("/evaluate", json={"model_id": "m1", "adapter_id": "a1"}).json()
-    assert with_adapter["digits"] == [7, 8]  # served classes of the adapter
+    assert with_adapter["test_digits"] == [7, 8]  # served classes of the adapter
     assert with_adapter["n_samples"] == 1028 + 974
 
 
@@ -74,7 +74,7 @@ def test_evaluate_errors_use_the_envelope(client, migrated, tmp_path) -> None:
     )  # fmt: skip
     error_of(
         client.post("/evaluate", json={"model_id": "m1", "head_classes": [1, 2, 3]}),
-        422, "validation_error", "head_classes",
+        422, "validation_error", "classes",
     )  # fmt: skip
     error_of(
         client.post("/evaluate", json={"model_id": "m1", "digits": [3, 3]}),

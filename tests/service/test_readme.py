@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from service.config import settings_markdown
+from service.core.settings import settings_markdown
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -14,7 +14,9 @@ def test_readme_settings_table_matches_settings_class() -> None:
     text = README.read_text()
     match = re.search(r"<!-- settings:start -->\n(.*?)\n<!-- settings:end -->", text, re.S)
     assert match, "README lacks the settings markers"
-    assert match.group(1) == settings_markdown(), "run: python -m service.config, paste into README"
+    assert match.group(1) == settings_markdown(), (
+        "run: python -m service.core.settings, paste into README"
+    )
 
 
 def test_readme_examples_exist() -> None:
@@ -25,7 +27,7 @@ def test_readme_examples_exist() -> None:
 
 
 def test_api_keys_never_show_in_the_settings_repr(monkeypatch) -> None:
-    from service.config import Settings
+    from service.core.settings import Settings
 
     monkeypatch.setenv("API_KEYS", "first-secret-key, second-secret-key")
     monkeypatch.setenv("API_KEY", "cli-secret-key")

@@ -7,8 +7,8 @@ from pathlib import Path
 from kombu import Connection, Exchange, Queue
 
 from service.cli import worker_argv
-from service.config import Settings
-from worker.celery_app import RUN_JOB_TASK, broker_params, celery_config, make_celery
+from service.core.settings import Settings
+from service.jobs.queue import RUN_JOB_TASK, broker_params, celery_config, make_celery
 
 
 def _settings(**values: object) -> Settings:
@@ -28,7 +28,7 @@ def test_long_task_settings() -> None:
 
 def test_embedded_broker_uses_sqlite_safe_transport(tmp_path: Path) -> None:
     url = f"sqla+sqlite:///{tmp_path / 'b.db'}"
-    assert broker_params(url) == (f"sqlite:///{tmp_path / 'b.db'}", "worker.broker:Transport")
+    assert broker_params(url) == (f"sqlite:///{tmp_path / 'b.db'}", "service.jobs.broker:Transport")
     assert broker_params("redis://h:6379/0") == ("redis://h:6379/0", None)
     conf = celery_config(_settings(broker_url=url, broker_poll_seconds=0.05))
     assert conf["broker_transport_options"]["polling_interval"] == 0.05

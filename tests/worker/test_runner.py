@@ -7,20 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from service.artifacts import checkpoint_dir, model_dir
-from service.db import registry
-from service.db.session import session_factory, session_scope
+from service.core.artifacts import checkpoint_dir, model_dir
+from service.db import job_records, model_records
+from service.db.engine import session_factory, session_scope
+from service.jobs import state as job_state
 from worker import runner
 
 TINY = {"epochs": 1, "hidden1": 16, "hidden2": 16, "max_train_samples": 500}
 
 
 def _submit(settings, kind: str = "pretrain", config: dict | None = None, base=None) -> str:  # noqa: ANN001
-    from service.schemas import CONFIG_BY_KIND
+    from service.core.job_spec import SPECS
 
-    cfg = CONFIG_BY_KIND[kind](**(config or {}))
+    cfg = SPECS[kind](**(config or {}))
     with session_scope(settings.database_url) as s:
-        job = registry.create_job(
+        job = job_records.create_job(
             s, kind=kind, config=cfg.model_dump(mode="json"), base_model_id=base,
             epochs=cfg.epochs,
         )  # fmt: skip
@@ -29,7 +30,7 @@ def _submit(settings, kind: str = "pretrain", config: dict | None = None, base=N
 
 def _job(settings, job_id: str):  # noqa: ANN001, ANN202
     with session_scope(settings.database_url) as s:
-        return registry.get_job(s, job_id)
+        return job_records.get_job(s, job_id)
 
 
 def test_pretrain_succeeds_and_registers(migrated) -> None:
@@ -55,19 +56,19 @@ def test_missing_data_fails_with_code(migrated, tmp_path: Path) -> None:
 
 def test_cancel_requested_before_training_registers_nothing(migrated, monkeypatch) -> None:
     job_id = _submit(migrated, config=TINY)
-    real_claim = registry.claim_job
+    real_claim = job_state.claim_job
 
     def claim_then_cancel(session, jid, wid):  # noqa: ANN001, ANN202
         job = real_claim(session, jid, wid)
-        registry.request_cancel(session, jid)  # the user cancels right after the start
+        job_state.request_cancel(session, jid)  # the user cancels right after the start
         return job
 
-    monkeypatch.setattr(registry, "claim_job", claim_then_cancel)
+    monkeypatch.setattr(job_state, "claim_job", claim_then_cancel)
     assert runner.run_job(job_id, migrated, worker_id="w") == "cancelled"
     job = _job(migrated, job_id)
     assert job.status == "cancelled" and job.result_model_id is None
     with session_scope(migrated.database_url) as s:
-        assert registry.list_models(s)[1] == 0
+        assert model_records.list_models(s)[1] == 0
 
 
 @pytest.mark.parametrize(
@@ -86,7 +87,7 @@ def test_describe_failure(exc: Exception, code: str) -> None:
 
 def test_stop_check_polls_database_at_most_twice_a_second(migrated, monkeypatch) -> None:
     calls = []
-    monkeypatch.setattr(registry, "stop_reason", lambda *a: calls.append(a) or None)
+    monkeypatch.setattr(job_state, "stop_reason", lambda *a: calls.append(a) or None)
     check = runner.StopCheck(session_factory(migrated.database_url), "job_x", "w", 0.5)
     started = time.monotonic()
     while time.monotonic() - started < 0.3:
@@ -97,7 +98,7 @@ def test_stop_check_polls_database_at_most_twice_a_second(migrated, monkeypatch)
 def test_lease_keeper_renews_heartbeat(migrated) -> None:
     job_id = _submit(migrated, config=TINY)
     with session_scope(migrated.database_url) as s:
-        first = registry.claim_job(s, job_id, "w").heartbeat_at
+        first = job_state.claim_job(s, job_id, "w").heartbeat_at
     factory = session_factory(migrated.database_url)
     with runner.LeaseKeeper(factory, job_id, "w", interval=0.05) as keeper:
         time.sleep(0.3)
@@ -116,6 +117,6 @@ def test_finetunes_train_with_their_configured_dropout(migrated) -> None:
         ("finetune_full", {"dropout": 0.2}, 0.2),
     ]:
         job = _job(migrated, _submit(migrated, kind, {"digits": [5, 6, 7, 8, 9], **config}, base))
-        network = runner._build_network(factory, job)
+        network = runner._build_network(factory, job, runner.job_spec_of(job))
         assert network.dropout.p == expected, (kind, config)
         assert network.config.dropout == 0.5  # the architecture record is unchanged

@@ -1,0 +1,166 @@
+"""Many LoRA adapters in one batch: each sample its own adapter (or none), base weights shared.
+
+A serving layer, :class:`MultiLoraLinear`, wraps a pretrained ``nn.Linear`` as
+``base_layer`` and takes the batch's adapters at call time, the way peft's LoRA layers take
+``adapter_names=`` for mixed batches: for the rows of each adapter it adds
+``scaling * B (A x)`` (Hu et al. 2021, eq. 3) to the base output, never touching the base
+weights. ``MLP.forward(x, adapters=...)`` hands an :class:`AdapterBatch` to each of its
+linear layers, so the network's layer order is written once, in ``MLP.forward``: serving,
+evaluation and training all run through it.
+
+* :func:`enable_multi_lora` wraps a served network's linears in place (the serving cache
+  owns that network); :func:`forward_with_adapters` does the same on a temporary view that
+  shares the parameters of a plain MLP, for callers holding a network others use too.
+* A sample's answer does not depend on its batch neighbours: each adapter's rows are
+  gathered, multiplied and added back, so a mixed batch equals each sample alone to float32
+  rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.classifier import LINEAR_NAMES, MLP
+from models.lora import AdapterWeights, lora_layers
+
+
+class AdapterBatch:
+    """Which adapter each sample of a batch uses, grouped for :class:`MultiLoraLinear`.
+
+    Args:
+        adapters: length B, one entry per sample: an adapter, or None for the base alone.
+            The same object may repeat; samples are grouped by identity.
+        device: where the row indices live (the batch's device).
+    """
+
+    def __init__(self, adapters: Sequence[AdapterWeights | None], device: torch.device) -> None:
+        self.size = len(adapters)
+        rows: dict[int, tuple[AdapterWeights, list[int]]] = {}
+        for i, adapter in enumerate(adapters):
+            if adapter is not None:
+                rows.setdefault(id(adapter), (adapter, []))[1].append(i)
+        self.groups: list[tuple[AdapterWeights, torch.Tensor]] = [
+            (adapter, torch.tensor(idx, device=device)) for adapter, idx in rows.values()
+        ]
+
+    def add_deltas(self, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Add each adapter's update of layer ``name`` to its rows of ``out``, in place.
+
+        Args:
+            x: the layer's input, (B, in_features).
+            out: the base layer's output ``W x + b``, (B, out_features).
+
+        Returns:
+            ``out``, with ``scaling_i * B_i (A_i x)`` added to the rows of adapter ``i``.
+        """
+        for adapter, rows in self.groups:
+            if name not in adapter.A:
+                continue
+            a = adapter.A[name].to(device=x.device, dtype=x.dtype)
+            b = adapter.B[name].to(device=x.device, dtype=x.dtype)
+            delta = F.linear(F.linear(x.index_select(0, rows), a), b) * adapter.scaling
+            out.index_add_(0, rows, delta)
+        return out
+
+
+class MultiLoraLinear(nn.Module):
+    """A pretrained linear layer serving any adapters of a batch, per sample.
+
+    ``forward(x, adapters=None)``: x (B, in_features) -> (B, out_features) =
+    ``base_layer(x)`` plus, for the rows of each adapter in ``adapters`` that targets this
+    layer, ``scaling * B (A x)``. Holds no adapter weights itself.
+
+    Args:
+        base_layer: the shared ``nn.Linear`` (kept, not copied).
+        name: the layer's name in the MLP (``linear1``...), the key of its adapter matrices.
+    """
+
+    def __init__(self, base_layer: nn.Linear, name: str) -> None:
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"MultiLoraLinear wraps nn.Linear, got {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        self.name = name
+
+    def forward(self, x: torch.Tensor, adapters: AdapterBatch | None = None) -> torch.Tensor:
+        out = self.base_layer(x)
+        if adapters is not None and adapters.groups:
+            adapters.add_deltas(self.name, x, out)
+        return out
+
+
+def _wrap_linears(modules: dict[str, nn.Module]) -> None:
+    for name in LINEAR_NAMES:
+        layer = modules[name]
+        if isinstance(layer, MultiLoraLinear):
+            continue
+        if not isinstance(layer, nn.Linear):
+            raise ValueError(f"{name} is {type(layer).__name__}: needs a plain MLP (no LoRA)")
+        modules[name] = MultiLoraLinear(layer, name)
+
+
+def enable_multi_lora(model: MLP) -> MLP:
+    """Wrap every linear of ``model`` in :class:`MultiLoraLinear`, in place; returns it.
+
+    For a network its caller owns (the serving cache's copy of a base model). Without
+    ``adapters`` the wrapped network computes exactly what it did before.
+
+    Raises:
+        ValueError: ``model`` has injected LoRA layers (merge or remove them first).
+    """
+    if lora_layers(model):
+        raise ValueError("enable_multi_lora needs a plain MLP (no injected LoRA layers)")
+    _wrap_linears(model._modules)  # type: ignore[arg-type]
+    return model
+
+
+def _eval_view(model: MLP) -> MLP:
+    """A shallow view of ``model`` in eval mode: same parameter tensors, its own modules.
+
+    The view's linears are :class:`MultiLoraLinear` over ``model``'s; every other module is
+    copied, so switching the view to eval mode leaves ``model``'s flags as they were.
+    """
+    if lora_layers(model):
+        raise ValueError("forward_with_adapters needs a plain MLP (no injected LoRA layers)")
+    view = copy.copy(model)
+    view._modules = {k: copy.copy(m) for k, m in model._modules.items()}  # type: ignore[misc]
+    _wrap_linears(view._modules)  # type: ignore[arg-type]
+    view.training = False
+    for module in view._modules.values():
+        if not isinstance(module, MultiLoraLinear):
+            module.train(False)
+        else:
+            module.training = False
+    return view
+
+
+@torch.inference_mode()
+def forward_with_adapters(
+    model: MLP, x: torch.Tensor, adapters: Sequence[AdapterWeights | None]
+) -> torch.Tensor:
+    """Logits for a batch in which sample ``i`` uses ``adapters[i]`` (None: base model only).
+
+    Runs ``MLP.forward`` with an :class:`AdapterBatch` on a view of ``model``: one base
+    matmul per layer for the whole batch plus one low-rank product per distinct adapter
+    (Hu et al. 2021, eq. 3). Always eval semantics (no dropout); ``model`` is only read,
+    never modified, so concurrent callers can share it.
+
+    Args:
+        model: a plain :class:`MLP`.
+        x: float32 (B, 784) or (B, 1, 28, 28).
+        adapters: length B; the same object may repeat (samples are grouped by identity).
+
+    Returns:
+        float32 logits (B, n_classes).
+
+    Raises:
+        ValueError: length mismatch, or ``model`` has injected LoRA layers.
+    """
+    if len(adapters) != x.shape[0]:
+        raise ValueError(f"got {len(adapters)} adapters for a batch of {x.shape[0]}")
+    return _eval_view(model)(x, adapters=AdapterBatch(adapters, x.device))

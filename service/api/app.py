@@ -1,0 +1,62 @@
+"""The FastAPI application factory: routers, error envelope, security, start-up checks.
+
+The only module that includes the routers; ``lora-service api`` serves ``create_app``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.api import adapters, evaluate, health, jobs, predict
+from service.api import models as models_api
+from service.api.errors import ErrorResponse, install_error_handlers
+from service.api.security import install_security
+from service.core.settings import Settings, get_settings
+from service.db.engine import get_engine
+from service.db.migrations import require_migrated, upgrade
+
+log = logging.getLogger("service")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API. ``settings`` defaults to the process settings (environment).
+
+    Start-up refuses an unmigrated database (``DatabaseNotMigrated``) unless
+    ``AUTO_MIGRATE=true``, in which case it runs ``alembic upgrade head`` first.
+    """
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.auto_migrate:
+            upgrade(settings.database_url)
+        require_migrated(get_engine(settings.database_url))
+        yield
+        predictor = getattr(app.state, "predictor", None)
+        if predictor is not None:
+            await predictor.aclose()
+
+    app = FastAPI(
+        title="LoRA fine-tuning and serving service",
+        version="0.1.0",
+        description="Pre-train an MNIST MLP, fine-tune it fully or with LoRA adapters, and "
+        "serve the base model with any adapter hot-swapped per request.",
+        lifespan=lifespan,
+        responses={
+            400: {"model": ErrorResponse},
+            401: {"model": ErrorResponse},
+            404: {"model": ErrorResponse},
+            413: {"model": ErrorResponse},
+            422: {"model": ErrorResponse},
+        },
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    install_security(app, settings)
+    for module in (health, jobs, models_api, adapters, predict, evaluate):
+        app.include_router(module.router)
+    return app

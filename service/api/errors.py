@@ -1,0 +1,94 @@
+"""The one error envelope for every 4xx/5xx: ``{"error": {"code", "message", "param"}}``.
+
+:class:`service.core.errors.ApiError` (raised by any layer), FastAPI's validation errors and
+Starlette's HTTP errors all answer through :func:`install_error_handlers`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.core.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    """The inside of the envelope: a stable machine code, a human message, the offending field."""
+
+    code: str
+    message: str
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Schema of every error answer (used in the OpenAPI document)."""
+
+    error: ErrorBody
+
+
+def error_response(
+    status: int, code: str, message: str, param: str | None = None, headers: Any = None
+) -> JSONResponse:
+    """Build the envelope response directly (for middleware that cannot raise)."""
+    body = {"error": {"code": code, "message": message, "param": param}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+}
+
+
+def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route FastAPI's validation errors, HTTP errors and ``ApiError`` through the envelope."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "Invalid request."}
+        if first.get("type") == "json_invalid":
+            ctx = first.get("ctx") or {}
+            detail = ctx.get("error", "malformed JSON")
+            return error_response(400, "invalid_json", f"Request body is not valid JSON: {detail}")
+        param = _loc_to_param(tuple(first.get("loc", ())))
+        msg = str(first.get("msg", "Invalid request."))
+        if len(errors) > 1:
+            msg += f" (and {len(errors) - 1} more problem(s))"
+        message = f"{param}: {msg}" if param else msg
+        return error_response(422, "validation_error", message, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), None, exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error: %s", exc)
+        return error_response(500, "internal_error", "Internal server error.")

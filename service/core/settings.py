@@ -1,0 +1,166 @@
+"""The one settings class: every environment variable the project reads is a field here.
+
+Defaults give the *embedded* configuration (SQLite database, a Celery broker on SQLite through
+kombu's SQLAlchemy transport, artifacts under ``./var/``): nothing to install but Python.
+Production sets ``DATABASE_URL`` (Postgres) and ``BROKER_URL`` (Redis).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service, worker and CLI settings, read from the environment (and ``.env`` if present)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # storage
+    database_url: str = Field(
+        "sqlite:///./var/lora.db", description="SQLAlchemy URL of the job/model/adapter database."
+    )
+    broker_url: str = Field(
+        "sqla+sqlite:///./var/broker.db",
+        description="Celery broker URL: Redis in production, kombu's SQLite transport embedded.",
+    )
+    artifact_dir: Path = Field(
+        Path("./var/artifacts"), description="Directory for checkpoints, models and adapters."
+    )
+    data_dir: Path = Field(
+        Path("./var/data"), description="Directory holding MNIST/raw (torchvision layout)."
+    )
+    mnist_download: bool = Field(
+        True, description="Download MNIST with torchvision when the files are missing."
+    )
+    auto_migrate: bool = Field(
+        False,
+        description="Run `alembic upgrade head` at start-up instead of refusing an unmigrated DB.",
+    )
+
+    # worker and job robustness
+    training_queue: str = Field("training", description="Celery queue that training tasks use.")
+    visibility_timeout: int = Field(
+        3600,
+        ge=1,
+        description="Redis visibility timeout (s): an unacknowledged message is redelivered "
+        "after this long, even while its job still runs; the job's lease makes that "
+        "delivery a no-op. Keep it above the longest job to avoid such deliveries. Also how "
+        "long a queued job waits before its message is presumed lost and sent again.",
+    )
+    heartbeat_seconds: float = Field(
+        5.0, gt=0, description="How often a running job renews its lease (s)."
+    )
+    lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A running job whose heartbeat is older than this is stale: its worker "
+        "is presumed dead and the job is requeued (s). More than 2 x HEARTBEAT_SECONDS.",
+    )
+    reaper_seconds: float = Field(
+        10.0, gt=0, description="How often workers look for stale jobs to requeue (s)."
+    )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Runs a job may start; when the worker of the last one dies too, the job "
+        "ends failed (worker_lost).",
+    )
+    broker_poll_seconds: float = Field(
+        0.1, gt=0, description="Polling interval of the embedded SQLite broker (s)."
+    )
+
+    # serving
+    default_model_id: str | None = Field(
+        None, description="Model /predict uses when none is named (default: newest pretrained)."
+    )
+    adapter_cache_size: int = Field(8, ge=1, description="Adapters kept in memory (LRU).")
+    model_cache_size: int = Field(4, ge=1, description="Base models kept in memory (LRU).")
+    predict_batch_window_ms: float = Field(
+        2.0, ge=0, description="How long /predict waits to gather a micro-batch (ms)."
+    )
+    predict_max_batch: int = Field(64, ge=1, description="Most samples in one micro-batch.")
+    predict_max_images: int = Field(32, ge=1, description="Most images in one /predict request.")
+    predict_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="torch intra-op threads in the API process (process-wide; /predict runs "
+        "one forward pass at a time, and on a small machine extra threads only contend).",
+    )
+
+    # limits and security
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated bearer keys; empty means the API is open (embedded only).",
+    )
+    max_request_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest request body accepted (bytes)."
+    )
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=784, description="Largest decoded image accepted (pixels)."
+    )
+    max_adapter_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest adapter weights file accepted (bytes)."
+    )
+    page_size_max: int = Field(200, ge=1, description="Largest `limit` on list endpoints.")
+
+    # HTTP and CLI
+    host: str = Field("127.0.0.1", description="Address the API binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
+    api_url: str = Field(
+        "http://127.0.0.1:8000", description="Service URL that the `compare` CLI talks to."
+    )
+    api_key: SecretStr | None = Field(None, description="Bearer key the CLI sends, if any.")
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_heartbeats(self) -> Settings:
+        if self.lease_seconds <= 2 * self.heartbeat_seconds:
+            raise ValueError(
+                f"LEASE_SECONDS ({self.lease_seconds:g}) must exceed 2 x HEARTBEAT_SECONDS "
+                f"({self.heartbeat_seconds:g}): a worker gives its lease up after "
+                "LEASE_SECONDS - 2 x HEARTBEAT_SECONDS without a renewal."
+            )
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when the database is SQLite (embedded configuration)."""
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once. Tests call ``get_settings.cache_clear()``."""
+    return Settings()
+
+
+def settings_markdown() -> str:
+    """The settings as a Markdown table (environment variable, default, meaning).
+
+    The README's settings table is this output (tests/service/test_readme.py checks it):
+    ``python -m service.core.settings`` prints it.
+    """
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        shown = "(unset)" if default is None or default == [] else f"`{default}`"
+        lines.append(f"| `{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(settings_markdown())

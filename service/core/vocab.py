@@ -1,0 +1,68 @@
+"""The service's words, each declared once: job kinds and statuses, model kinds, adapter
+sources, and the id prefix of every record kind.
+
+Everything else (request schemas, tables, routes, the worker, the client) imports these
+instead of spelling the strings again. Old spellings that requests may still use are
+mapped here too (:data:`LEGACY_MODEL_KINDS`), so there is one table of them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal, get_args
+
+JobKind = Literal["pretrain", "finetune_full", "finetune_lora"]
+"""What a job trains: a fresh MLP, a full fine-tune of a base, or a LoRA adapter on a base."""
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+"""A job's place in its life: queued -> running -> succeeded | failed | cancelled."""
+
+ModelKind = Literal["pretrain", "finetune_full"]
+"""A registered network is named after the kind of job that trained it."""
+
+AdapterSource = Literal["trained", "imported"]
+"""Where a registered adapter came from: a ``finetune_lora`` job, or ``POST /adapters``."""
+
+JOB_KINDS: tuple[JobKind, ...] = get_args(JobKind)
+JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
+UNFINISHED_STATUSES: tuple[JobStatus, ...] = ("queued", "running")
+TERMINAL_STATUSES: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")
+MODEL_KINDS: tuple[ModelKind, ...] = get_args(ModelKind)
+
+LEGACY_MODEL_KINDS: dict[str, ModelKind] = {
+    "pretrained": "pretrain",
+    "finetuned_full": "finetune_full",
+}
+"""Round one's model kinds -> today's (rows were renamed by migration 0002; requests that
+still say ``?kind=pretrained`` are answered as ``pretrain``)."""
+
+JOB_PREFIX = "job"
+MODEL_PREFIX = "mdl"
+ADAPTER_PREFIX = "adp"
+"""Id prefixes, one per record kind. Round one gave imported adapters ``adapter_<hex>``
+ids; those stay valid (ids are opaque keys), new ones all start ``adp_``."""
+
+
+def new_id(prefix: str) -> str:
+    """A fresh opaque id such as ``job_3f2a...`` (prefix + 24 hex digits)."""
+    return f"{prefix}_{uuid.uuid4().hex[:24]}"
+
+
+def derived_id(prefix: str, job_id: str) -> str:
+    """The id of the record a job produces: ``job_<hex>`` -> ``<prefix>_<hex>``.
+
+    Deterministic, so a job that runs twice (a requeued attempt) rewrites the same
+    artifact instead of adding another.
+    """
+    return f"{prefix}_{job_id.removeprefix(JOB_PREFIX + '_')}"
+
+
+def model_kind_of(job_kind: str) -> ModelKind:
+    """The kind of model a job registers (``pretrain`` / ``finetune_full``).
+
+    Raises:
+        ValueError: ``finetune_lora`` (it registers an adapter) or an unknown kind.
+    """
+    if job_kind not in MODEL_KINDS:
+        raise ValueError(f"job kind {job_kind!r} does not register a model")
+    return job_kind  # type: ignore[return-value]

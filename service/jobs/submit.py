@@ -1,0 +1,192 @@
+"""Job submission and cancellation: the logic behind ``POST /jobs`` and ``/jobs/{id}/cancel``.
+
+Submission checks what needs the database (the base model exists, and the spec fits it:
+:meth:`service.core.job_spec.JobSpec.check_against_base`), inserts the ``queued``
+row, **commits**, and only then enqueues ``run_job(job_id)``: a worker can never receive
+an id whose row it cannot read.
+
+Idempotent submission: with an ``Idempotency-Key``, the job row stores the key (unique) and
+a hash of the request as validated (kind, base model, config with defaults filled in). The
+same key with the same request returns the job created first (nothing new is queued); with
+a different request it is a 409 ``idempotency_key_reused``. Two identical requests racing
+each other both insert; the unique constraint refuses the second, which reads the first.
+
+Writes that SQLite refuses with "database is locked" are retried
+(:func:`service.db.retry.retry_locked`); if the lock outlasts the retries the client gets a
+503 ``database_busy``, never a 500.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from typing import NamedTuple
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from models.classifier import MLPConfig
+from service.core.errors import ApiError, database_busy, not_found
+from service.core.job_spec import JobSpec, SpecMismatch
+from service.core.settings import Settings
+from service.db import job_records, model_records
+from service.db.retry import is_locked, retry_locked
+from service.db.tables import JobRecord
+from service.jobs import state as job_state
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[str, Settings], None]
+
+
+def check_spec_against_base(spec: JobSpec, architecture: dict) -> None:
+    """:meth:`JobSpec.check_against_base` for a base model record's ``architecture``.
+
+    Raises:
+        ApiError: 422 ``validation_error`` naming ``config.classes`` or ``config.r``.
+    """
+    try:
+        spec.check_against_base(MLPConfig.from_dict(dict(architecture)))
+    except SpecMismatch as exc:
+        raise ApiError(422, "validation_error", exc.message, exc.param) from exc
+
+
+class Submission(NamedTuple):
+    """The job a ``POST /jobs`` answers with; ``replayed`` when an Idempotency-Key found it."""
+
+    job: JobRecord
+    replayed: bool
+
+
+def request_hash(base_model_id: str | None, spec: JobSpec) -> str:
+    """SHA-256 (hex) of the request as validated: kind, base model, spec with defaults.
+
+    Key order, whitespace and spelled-out defaults do not change it.
+    """
+    canonical = json.dumps(
+        {
+            "kind": spec.kind,
+            "base_model_id": base_model_id,
+            "config": spec.model_dump(mode="json"),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _by_key(session: Session, key: str) -> JobRecord | None:
+    session.rollback()  # a fresh read: the row may have been committed by another request
+    return session.scalars(
+        select(JobRecord)
+        .where(JobRecord.idempotency_key == key)
+        .execution_options(populate_existing=True)
+    ).first()
+
+
+def _replay(job: JobRecord, key: str, digest: str) -> Submission:
+    if job.request_hash != digest:
+        raise ApiError(
+            409,
+            "idempotency_key_reused",
+            f"Idempotency-Key {key!r} was used for job {job.id} with a different request; "
+            "use a new key for a new request.",
+            "Idempotency-Key",
+        )
+    return Submission(job, True)
+
+
+def submit_job(
+    session: Session,
+    settings: Settings,
+    *,
+    spec: JobSpec,
+    base_model_id: str | None,
+    enqueue: Enqueue,
+    idempotency_key: str | None = None,
+) -> Submission:
+    """Validate, insert and commit a ``queued`` job, then enqueue its task.
+
+    Args:
+        enqueue: sends ``run_job(job_id)`` (:func:`service.jobs.queue.enqueue_job`).
+        idempotency_key: the client's ``Idempotency-Key``: a job already stored under it
+            is returned (``replayed``) instead of creating another.
+    Returns:
+        The committed job (``queued`` when new) and whether it was replayed.
+    Raises:
+        ApiError: 404 ``model_not_found`` (param ``base_model_id``); 422
+            ``validation_error`` (see :func:`check_spec_against_base`); 409
+            ``idempotency_key_reused`` (same key, different request); 503
+            ``broker_unavailable`` when the task could not be sent (the job is then
+            ``failed`` with code ``enqueue_failed``); 503 ``database_busy``.
+    """
+    digest = request_hash(base_model_id, spec)
+    if idempotency_key is not None and (found := _by_key(session, idempotency_key)):
+        return _replay(found, idempotency_key, digest)
+    if base_model_id is not None:
+        base = model_records.require_model(session, base_model_id, "base_model_id")
+        check_spec_against_base(spec, base.architecture)
+
+    def insert() -> JobRecord:
+        job = job_records.create_job(
+            session,
+            kind=spec.kind,
+            config=spec.model_dump(mode="json"),
+            base_model_id=base_model_id,
+            epochs=spec.epochs,
+            idempotency_key=idempotency_key,
+            request_hash=digest if idempotency_key is not None else None,
+        )
+        session.commit()
+        return job
+
+    try:
+        job = retry_locked(session, insert)
+    except IntegrityError:
+        found = _by_key(session, idempotency_key) if idempotency_key is not None else None
+        if found is None:
+            raise
+        return _replay(found, idempotency_key, digest)  # type: ignore[arg-type]
+    except OperationalError as exc:
+        if is_locked(exc):
+            raise database_busy() from exc
+        raise
+    try:
+        enqueue(job.id, settings)
+    except Exception as exc:  # the broker's errors are transport-specific
+        log.exception("could not enqueue job %s", job.id)
+        message = f"Could not reach the broker: {exc}"
+        retry_locked(
+            session,
+            lambda: job_state.mark_failed(session, job.id, code="enqueue_failed", message=message),
+        )
+        raise ApiError(
+            503, "broker_unavailable", f"Job {job.id} could not be queued: broker unreachable."
+        ) from exc
+    return Submission(job, False)
+
+
+def cancel_job(session: Session, job_id: str) -> JobRecord:
+    """Cancel a job (see :func:`service.jobs.state.request_cancel`).
+
+    A queued job is ``cancelled`` on return; a running one has ``cancel_requested`` and
+    ends ``cancelled`` at its next training step. Cancelling a cancelled job is a no-op.
+
+    Raises:
+        ApiError: 404 ``job_not_found``; 409 ``job_finished`` for a succeeded/failed job;
+            503 ``database_busy``.
+    """
+    try:
+        job = retry_locked(session, lambda: job_state.request_cancel(session, job_id))
+    except OperationalError as exc:
+        if is_locked(exc):
+            raise database_busy() from exc
+        raise
+    if job is None:
+        raise not_found("job", job_id)
+    if job.status in ("succeeded", "failed"):
+        raise ApiError(409, "job_finished", f"Job {job_id} already {job.status}.")
+    return job
