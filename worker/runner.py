@@ -48,8 +48,6 @@ from service.core.artifacts import (
 from service.core.job_spec import (
     FinetuneLoraSpec,
     JobSpec,
-    PretrainSpec,
-    SpecMismatch,
     parse_stored,
 )
 from service.core.settings import Settings, get_settings
@@ -60,21 +58,13 @@ from service.db.retry import retry_locked
 from service.db.tables import JobRecord
 from service.jobs import leases
 from service.jobs import state as job_state
+from worker.build import JobFailure, build_network, load_data
 from worker.lease import LeaseKeeper, StopCheck, fence_after
 from worker.resume import prepare_resume
 
 log = logging.getLogger(__name__)
 
 CANCEL_POLL_SECONDS = 0.5
-
-
-class JobFailure(Exception):
-    """A failure with a stable error code, e.g. ``base_model_missing``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def default_worker_id() -> str:
@@ -202,79 +192,13 @@ def _finish_stopped(run: _Run, reason: str | None) -> str:
     return "lease_lost"
 
 
-def _load_base(factory: sessionmaker[Session], job: JobRecord) -> tuple[Any, Any]:
-    from models.checkpoint import CheckpointError, load_model
-
-    with factory() as session:
-        base = model_records.get_model(session, job.base_model_id or "")
-    if base is None:
-        raise JobFailure("base_model_missing", f"Base model {job.base_model_id} is not registered.")
-    try:
-        return load_model(base.path)
-    except (OSError, CheckpointError) as exc:
-        raise JobFailure(
-            "base_model_unreadable", f"Cannot load base model {base.id} from {base.path}: {exc}"
-        ) from exc
-
-
-def _build_network(factory: sessionmaker[Session], job: JobRecord, spec: JobSpec) -> Any:
-    """The network to train: a fresh MLP, a copy of the base model, or the base plus LoRA.
-
-    Raises:
-        JobFailure: ``base_model_missing``, ``base_model_unreadable``, or ``invalid_config``
-            when the spec does not fit the base (checked at submission too).
-    """
-    import torch
-
-    from models.classifier import MLP
-    from models.lora import inject_lora
-
-    torch.manual_seed(spec.seed)  # deterministic initialisation (MLP weights, lora_A)
-    if isinstance(spec, PretrainSpec):
-        return MLP(spec.mlp_config())
-    model, meta = _load_base(factory, job)
-    try:
-        spec.check_against_base(meta.config)
-    except SpecMismatch as exc:
-        raise JobFailure("invalid_config", f"Base model {job.base_model_id}: {exc}") from exc
-    if spec.dropout is not None:  # None: keep the base's (round-one fine-tunes did)
-        model.set_dropout(spec.dropout)
-    if isinstance(spec, FinetuneLoraSpec):
-        inject_lora(model, spec.lora_config())
-    return model
-
-
-def _load_data(settings: Settings, spec: JobSpec) -> Any:
-    """The spec's MNIST subset, its train split cut to ``max_train_samples``.
-
-    Raises:
-        JobFailure: ``data_unavailable`` when MNIST cannot be read.
-    """
-    from models.data import load_digit_splits
-
-    try:
-        splits = load_digit_splits(
-            settings.data_dir,
-            classes=spec.classes,
-            val_fraction=spec.val_fraction,
-            seed=spec.seed,
-            download=settings.mnist_download,
-        )
-    except (FileNotFoundError, RuntimeError) as exc:  # files missing; torchvision's download
-        raise JobFailure("data_unavailable", f"MNIST unavailable: {exc}") from exc
-    if spec.max_train_samples:
-        n = spec.max_train_samples
-        splits.train_x, splits.train_y = splits.train_x[:n], splits.train_y[:n]
-    return splits
-
-
 def _train_and_publish(run: _Run) -> str:
     from models.training import pick_device, train
 
     job, stop = run.job, run.stop
     spec = job_spec_of(job)
-    splits = _load_data(run.settings, spec)
-    model = _build_network(run.factory, job, spec)
+    splits = load_data(run.settings, spec)
+    model = build_network(run.factory, job, spec)
     if stop.poll():
         return _finish_stopped(run, stop.reason)
     checkpoint = checkpoint_file(run.settings, job.id)

@@ -11,7 +11,7 @@ from service.core.artifacts import checkpoint_dir, model_dir
 from service.db import job_records, model_records
 from service.db.engine import session_factory, session_scope
 from service.jobs import state as job_state
-from worker import runner
+from worker import build, runner
 
 TINY = {"epochs": 1, "hidden1": 16, "hidden2": 16, "max_train_samples": 500}
 
@@ -117,6 +117,6 @@ def test_finetunes_train_with_their_configured_dropout(migrated) -> None:
         ("finetune_full", {"dropout": 0.2}, 0.2),
     ]:
         job = _job(migrated, _submit(migrated, kind, {"digits": [5, 6, 7, 8, 9], **config}, base))
-        network = runner._build_network(factory, job, runner.job_spec_of(job))
+        network = build.build_network(factory, job, runner.job_spec_of(job))
         assert network.dropout.p == expected, (kind, config)
         assert network.config.dropout == 0.5  # the architecture record is unchanged
