@@ -1,1 +1,2 @@
-"""client"""
+"""The public API's client and the commands built on it (``compare``, ``demo``); it knows
+the service only through HTTP."""

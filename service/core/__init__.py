@@ -1,1 +1,2 @@
-"""core"""
+"""Settings, errors, the service's words, the typed job spec and the artifact store: what
+every other layer shares. No FastAPI, nothing from the layers above."""

@@ -1,1 +1,2 @@
-"""Database package: SQLAlchemy 2.0 tables and the session factory (no FastAPI imports)."""
+"""Records: SQLAlchemy tables, the engine, the migration check, and one module per record
+kind (jobs, metrics, models, adapters). No FastAPI: the worker uses it alone."""

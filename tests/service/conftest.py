@@ -59,3 +59,27 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def base_model(migrated) -> str:
     """A registered 5-class base model (784-32-48-5) in the test app's database."""
     return add_model(migrated.database_url)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """URL of an empty database (no schema): a SQLite file, or a new Postgres database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'round_one.db'}"
+        return
+    if not _postgres_up():
+        pytest.skip("Postgres is not running on 127.0.0.1:5432")
+    import psycopg
+
+    from service.db.engine import get_engine
+
+    name = f"lora_mig_{secrets.token_hex(6)}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    try:
+        yield url
+    finally:
+        get_engine(url).dispose()
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
