@@ -1,6 +1,9 @@
 """The FastAPI application factory: routers, error envelope, security, start-up checks.
 
 The only module that includes the routers; ``lora-service api`` serves ``create_app``.
+Every router is built with ``route_class=StrictRoute`` (:mod:`service.api.strict`), so every
+route refuses query parameters and form fields it does not declare (422
+``unknown_parameter``).
 """
 
 from __future__ import annotations
@@ -51,7 +54,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             401: {"model": ErrorResponse},
             404: {"model": ErrorResponse},
             413: {"model": ErrorResponse},
-            422: {"model": ErrorResponse},
+            422: {
+                "model": ErrorResponse,
+                "description": "Invalid input, or a query parameter or form field the "
+                "endpoint does not take (`unknown_parameter`).",
+            },
         },
     )
     app.state.settings = settings

@@ -13,9 +13,10 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from service.api.deps import get_predictor
 from service.api.errors import ErrorResponse
+from service.api.strict import StrictRoute
 from service.core.job_spec import MAX_ID_LENGTH
 
-router = APIRouter(tags=["evaluate"])
+router = APIRouter(tags=["evaluate"], route_class=StrictRoute)
 
 
 class EvaluateRequest(BaseModel):

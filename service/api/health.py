@@ -10,11 +10,12 @@ from pydantic import BaseModel, Field
 
 from service.api.deps import SettingsDep
 from service.api.errors import ErrorResponse, error_response
+from service.api.strict import StrictRoute
 from service.core.settings import Settings
 from service.db.engine import get_engine
 from service.db.migrations import require_migrated
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=StrictRoute)
 log = logging.getLogger(__name__)
 BROKER_TIMEOUT_SECONDS = 2.0
 

@@ -11,13 +11,14 @@ from service.api.deps import SessionDep, SettingsDep
 from service.api.errors import ErrorResponse
 from service.api.pagination import PageDep
 from service.api.schemas import JobOut, MetricsOut, Page, job_out, metrics_csv, metrics_out
+from service.api.strict import StrictRoute
 from service.core.job_spec import JobCreate
 from service.core.vocab import JobKind, JobStatus
 from service.db import job_records, metric_records
 from service.jobs.queue import enqueue_job
 from service.jobs.submit import cancel_job, submit_job
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=StrictRoute)
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "Unknown job id."}}
 
 

@@ -10,10 +10,11 @@ from service.api.deps import SessionDep
 from service.api.errors import ErrorResponse
 from service.api.pagination import PageDep
 from service.api.schemas import ModelOut, Page, model_out
+from service.api.strict import StrictRoute
 from service.core.vocab import LEGACY_MODEL_KINDS, MODEL_KINDS
 from service.db import model_records
 
-router = APIRouter(prefix="/models", tags=["models"])
+router = APIRouter(prefix="/models", tags=["models"], route_class=StrictRoute)
 KindQuery = Literal[(*MODEL_KINDS, *LEGACY_MODEL_KINDS)]  # type: ignore[valid-type]
 
 

@@ -7,6 +7,10 @@ Two request forms (see the OpenAPI ``requestBody``):
 - ``application/json``: ``{"pixels": [[...28 values 0-255...] x 28], "model_id": ...,
   "adapter_id": ...}``; ``pixels`` may also be a list of such arrays.
 
+``model_id`` and ``adapter_id`` may also be query parameters (``/predict?adapter_id=...``),
+with either body; given both ways they must agree (else 422 ``conflicting_parameter``).
+Any other query parameter or form field is refused (422 ``unknown_parameter``).
+
 Answer: one image (one ``file``, or a single 28 x 28 ``pixels``) gives one
 :class:`PredictionOut` object; several (repeated ``file``, or a list of arrays, even of
 length one) give ``{"predictions": [...]}`` in request order.
@@ -22,7 +26,7 @@ from typing import Annotated, Any
 
 import anyio
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
@@ -30,14 +34,33 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.deps import get_predictor
 from service.api.errors import ErrorResponse
+from service.api.strict import StrictRoute, refuse_unknown
 from service.core.errors import ApiError
 from service.core.settings import Settings
 from service.serving.images import decode_upload, pixels_to_images, to_model_input
 
-router = APIRouter(prefix="/predict", tags=["predict"])
+router = APIRouter(prefix="/predict", tags=["predict"], route_class=StrictRoute)
 
 MAX_JSON_IMAGES = 256  # schema bound; settings.predict_max_images is the effective limit
-_FORM_FIELDS = {"file", "model_id", "adapter_id"}
+_FORM_FIELDS = frozenset({"file", "model_id", "adapter_id"})
+ID_MAX_LENGTH = 64
+
+ModelIdQuery = Annotated[
+    str | None,
+    Query(
+        max_length=ID_MAX_LENGTH,
+        description="Base model, as in the body (default: the newest pre-trained one). "
+        "Given in both places, the values must agree.",
+    ),
+]
+AdapterIdQuery = Annotated[
+    str | None,
+    Query(
+        max_length=ID_MAX_LENGTH,
+        description="LoRA adapter of that model, as in the body (default: none). Given in "
+        "both places, the values must agree.",
+    ),
+]
 
 # strict: JSON numbers only (no booleans or numeric strings); ints are accepted as floats
 Pixel = Annotated[float, Field(ge=0, le=255, allow_inf_nan=False, strict=True)]
@@ -90,7 +113,7 @@ class PingOut(BaseModel):
 
 
 class CacheStatsOut(BaseModel):
-    """Adapter LRU cache counters; latencies in milliseconds."""
+    """LRU cache counters (adapters or base models); latencies in milliseconds."""
 
     capacity: int
     resident: list[str]
@@ -109,6 +132,7 @@ class PredictorStatsOut(BaseModel):
     """Predictor counters since start-up; latencies in milliseconds."""
 
     adapter_cache: CacheStatsOut
+    model_cache: CacheStatsOut
     models_loaded: list[str]
     batches: int
     samples: int
@@ -157,10 +181,17 @@ _REQUEST_BODY = {
         503: {"model": ErrorResponse, "description": "Artifact unreadable, or shutting down."},
     },
 )
-async def predict(request: Request) -> Response:
-    """Predict the digit of one or several images (multipart ``file`` or JSON ``pixels``)."""
+async def predict(
+    request: Request, model_id: ModelIdQuery = None, adapter_id: AdapterIdQuery = None
+) -> Response:
+    """Predict the digit of one or several images (multipart ``file`` or JSON ``pixels``).
+
+    ``model_id``/``adapter_id`` come from the body or the query string (see the module).
+    """
     settings: Settings = request.app.state.settings
-    images, model_id, adapter_id, batch = await read_predict_request(request, settings)
+    images, body_model_id, body_adapter_id, batch = await read_predict_request(request, settings)
+    model_id = merge_parameter("model_id", model_id, body_model_id)
+    adapter_id = merge_parameter("adapter_id", adapter_id, body_adapter_id)
     predictor = get_predictor(request)
     predictions = await predictor.predict(to_model_input(images), model_id, adapter_id)
     doc = {"predictions": [p.__dict__ for p in predictions]} if batch else predictions[0].__dict__
@@ -179,6 +210,29 @@ async def ping() -> dict[str, bool]:
 async def stats(request: Request) -> dict[str, Any]:
     """Adapter cache (resident ids, hits, loads, evictions, load ms) and batching counters."""
     return get_predictor(request).stats()
+
+
+def merge_parameter(name: str, from_query: str | None, from_body: str | None) -> str | None:
+    """One value of ``name`` from the query string and the body (either may be absent).
+
+    A blank query value counts as absent, as in the form.
+
+    Raises:
+        ApiError: 422 ``conflicting_parameter`` (``param`` = ``name``) when both give a
+            value and they differ.
+    """
+    query_value = (from_query.strip() or None) if from_query is not None else None
+    if query_value is None:
+        return from_body
+    if from_body is not None and from_body != query_value:
+        raise ApiError(
+            422,
+            "conflicting_parameter",
+            f"{name} is given twice with different values: {query_value!r} in the query "
+            f"string, {from_body!r} in the body; give it once.",
+            name,
+        )
+    return query_value
 
 
 async def read_predict_request(
@@ -233,14 +287,7 @@ async def _read_multipart(
     try:
         form_cm = request.form(max_files=settings.predict_max_images, max_fields=8)
         async with form_cm as form:
-            unknown = sorted(set(form.keys()) - _FORM_FIELDS)
-            if unknown:
-                raise ApiError(
-                    422,
-                    "unknown_field",
-                    f"Unknown form field(s): {', '.join(unknown)}.",
-                    unknown[0],
-                )
+            refuse_unknown(form.keys(), _FORM_FIELDS, "form field")
             files = form.getlist("file")
             if not files:
                 raise ApiError(422, "missing_file", "The form has no `file` field.", "file")
@@ -277,7 +324,7 @@ def _decode_all(blobs: list[bytes], max_pixels: int) -> np.ndarray:
 def _text_field(value: object, name: str) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > 64:
+    if not isinstance(value, str) or len(value) > ID_MAX_LENGTH:
         raise ApiError(
             422, "validation_error", f"{name} must be a string of at most 64 chars.", name
         )

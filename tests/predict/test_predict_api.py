@@ -96,7 +96,7 @@ def test_read_predict_multipart_single_and_several(predict_client, pixels) -> No
         (
             {"data": {"model_id": "base"}, "files": {"other": ("x", b"x", "text/plain")}},
             422,
-            "unknown_field",
+            "unknown_parameter",
         ),
         (
             {"data": {"file": "not a file"}, "files": {"model_id": ("m", b"base", "text/plain")}},

@@ -87,3 +87,15 @@ def test_evaluate_errors_use_the_envelope(client, migrated, tmp_path) -> None:
     )  # fmt: skip
     shutil.rmtree(tmp_path / "m2")
     error_of(client.post("/evaluate", json={"model_id": "m2"}), 503, "artifact_unavailable")
+
+
+def test_evaluate_goes_through_the_serving_caches(client, migrated, tmp_path) -> None:
+    """/evaluate loads through the predictor's caches: /predict then finds them resident."""
+    _register(migrated, tmp_path, "m1", "a1")
+    assert client.post("/evaluate", json={"model_id": "m1", "adapter_id": "a1"}).status_code == 200
+    stats = client.get("/predict/stats").json()
+    assert stats["models_loaded"] == ["m1"] and stats["adapter_cache"]["resident"] == ["a1"]
+    pixels = {"pixels": [[0] * 28] * 28, "adapter_id": "a1"}
+    assert client.post("/predict", json=pixels).json()["adapter_id"] == "a1"
+    again = client.get("/predict/stats").json()
+    assert again["adapter_cache"]["loads"] == 1 and again["model_cache"]["loads"] == 1
