@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from models.classifier import MLPConfig
 from service.core.errors import ApiError, database_busy, not_found
-from service.core.job_spec import JobSpec, SpecMismatch
+from service.core.job_spec import JobSpec, SpecMismatch, parse_stored
 from service.core.settings import Settings
 from service.db import job_records, model_records
 from service.db.retry import is_locked, retry_locked
@@ -87,8 +87,21 @@ def _by_key(session: Session, key: str) -> JobRecord | None:
     ).first()
 
 
-def _replay(job: JobRecord, key: str, digest: str) -> Submission:
-    if job.request_hash != digest:
+def _same_request(job: JobRecord, spec: JobSpec, base_model_id: str | None) -> bool:
+    """Whether a stored job is this request, compared as parsed specs: for rows whose
+    ``request_hash`` was taken under round one's field names (``digits``)."""
+    if (job.kind, job.base_model_id) != (spec.kind, base_model_id):
+        return False
+    try:
+        return parse_stored(job.kind, job.config) == spec
+    except ValueError:
+        return False
+
+
+def _replay(
+    job: JobRecord, key: str, digest: str, spec: JobSpec, base_model_id: str | None
+) -> Submission:
+    if job.request_hash != digest and not _same_request(job, spec, base_model_id):
         raise ApiError(
             409,
             "idempotency_key_reused",
@@ -125,7 +138,7 @@ def submit_job(
     """
     digest = request_hash(base_model_id, spec)
     if idempotency_key is not None and (found := _by_key(session, idempotency_key)):
-        return _replay(found, idempotency_key, digest)
+        return _replay(found, idempotency_key, digest, spec, base_model_id)
     if base_model_id is not None:
         base = model_records.require_model(session, base_model_id, "base_model_id")
         check_spec_against_base(spec, base.architecture)
@@ -149,7 +162,7 @@ def submit_job(
         found = _by_key(session, idempotency_key) if idempotency_key is not None else None
         if found is None:
             raise
-        return _replay(found, idempotency_key, digest)  # type: ignore[arg-type]
+        return _replay(found, idempotency_key, digest, spec, base_model_id)  # type: ignore[arg-type]
     except OperationalError as exc:
         if is_locked(exc):
             raise database_busy() from exc

@@ -1,8 +1,11 @@
 """Test-set accuracy of a model (optionally with an adapter) as served: ``POST /evaluate``.
 
-Runs on the predictor's thread through :class:`~service.serving.executor.BatchExecutor`:
-the same record checks, the same caches and the same forward pass as ``/predict``, over
-the official MNIST test images of the chosen digits. Used by ``lora-service compare`` to
+The same record checks, caches and forward pass as ``/predict``
+(:class:`~service.serving.executor.BatchExecutor`), over the official MNIST test images of
+the chosen digits. :meth:`service.serving.predictor.Predictor.evaluate` runs it: the plan
+(records, loading) and each chunk of :data:`EVAL_BATCH` images as separate tasks on the
+predictor's thread, so micro-batches of ``/predict`` run in between; reading the test set
+and counting happen off that thread. Used by ``lora-service compare`` to
 measure what a model as served still knows (the base's 0-4 accuracy, which LoRA leaves
 untouched, against what full fine-tuning forgot).
 """
@@ -14,11 +17,13 @@ from functools import lru_cache
 
 import torch
 
+from models.lora import AdapterWeights
 from service.core.errors import ApiError
 from service.core.settings import Settings
-from service.serving.executor import BatchExecutor, BatchItem, Resolved
+from service.serving.executor import BatchExecutor, BatchItem, LoadedModel, Resolved
 
-EVAL_BATCH = 4096  # test images per forward pass
+EVAL_BATCH = 1024  # test images per forward pass (one task on the predictor's thread)
+_NO_IMAGES = torch.empty(0, 784)
 
 
 @dataclass(frozen=True)
@@ -67,50 +72,82 @@ def _read_as(resolved: Resolved, classes: list[int] | None) -> list[int]:
     return classes
 
 
-def evaluate(
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """A resolved and loaded evaluation: what :func:`predict_chunk` runs and
+    :func:`score` counts. ``test_digits`` defaults to the served classes."""
+
+    resolved: Resolved
+    base: LoadedModel
+    weights: AdapterWeights | None
+    test_digits: list[int]
+    classes: list[int]
+
+
+def plan_evaluation(
     executor: BatchExecutor,
-    settings: Settings,
     *,
     model_id: str,
     adapter_id: str | None,
     test_digits: list[int] | None,
     classes: list[int] | None,
-) -> Evaluation:
-    """Accuracy of ``model_id`` (+ ``adapter_id``) on the MNIST test images of
-    ``test_digits`` (default: the served classes), reading head output ``i`` as
-    ``classes[i]`` (default: the record's classes, the adapter's when one is used).
+) -> EvaluationPlan:
+    """Resolve the records (the model first, as ``/evaluate`` names it) and load them
+    through the serving caches. Runs on the predictor's thread.
 
     Raises:
         ApiError: 404 ``model_not_found`` / ``adapter_not_found``; 409
             ``adapter_model_mismatch``; 422 ``validation_error`` (``classes`` of the wrong
-            length); 503 ``artifact_unavailable`` or ``data_unavailable``.
+            length); 503 ``artifact_unavailable``.
     """
-    (resolved,) = executor.resolve([BatchItem(torch.empty(0, 784), model_id, adapter_id)])
-    if isinstance(resolved, ApiError):
-        raise resolved
+    probes = [BatchItem(_NO_IMAGES, model_id, None)]
+    if adapter_id is not None:
+        probes.append(BatchItem(_NO_IMAGES, model_id, adapter_id))
+    *_, resolved = outcomes = executor.resolve(probes)
+    for outcome in outcomes:
+        if isinstance(outcome, ApiError):
+            raise outcome
     head = _read_as(resolved, classes)
-    digits = test_digits or list(resolved.classes)
+    base = executor.model(resolved)
+    adapter = executor.adapter(resolved, base)
+    return EvaluationPlan(
+        resolved=resolved,
+        base=base,
+        weights=adapter.weights if adapter is not None else None,
+        test_digits=test_digits or list(resolved.classes),
+        classes=head,
+    )
+
+
+def predict_chunk(plan: EvaluationPlan, x: torch.Tensor) -> torch.Tensor:
+    """Head indices int64 (n,) for test images ``x`` (n, 784) through the served forward."""
+    return BatchExecutor.forward(plan.base, x, [plan.weights] * len(x)).argmax(dim=1)
+
+
+def test_images(settings: Settings, digits: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalised test images (n, 784) of ``digits`` and their digits (n,).
+
+    Raises:
+        ApiError: 503 ``data_unavailable`` when MNIST cannot be read.
+    """
     try:
         images, labels = mnist_test_set(str(settings.data_dir), settings.mnist_download)
     except (FileNotFoundError, RuntimeError) as exc:
         raise ApiError(503, "data_unavailable", f"MNIST test set unavailable: {exc}") from exc
     mask = torch.isin(labels, torch.tensor(digits))
-    x, y = images[mask], labels[mask]
-    base = executor.model(resolved)
-    adapter = executor.adapter(resolved, base)
-    weights = adapter.weights if adapter is not None else None
-    top = [
-        executor.forward(base, chunk, [weights] * len(chunk)).argmax(dim=1)
-        for chunk in x.split(EVAL_BATCH)
-    ]
-    predicted = torch.tensor(head)[torch.cat(top)] if top else torch.zeros(0, dtype=torch.int64)
-    wrong = predicted != y
+    return images[mask], labels[mask]
+
+
+def score(plan: EvaluationPlan, predicted: torch.Tensor, y: torch.Tensor) -> Evaluation:
+    """Accuracy and errors per digit of head indices ``predicted`` (n,) against digits ``y``."""
+    digits = torch.tensor(plan.classes)[predicted] if len(predicted) else predicted
+    wrong = digits != y
     return Evaluation(
-        model_id=resolved.model_id,
-        adapter_id=adapter_id,
-        test_digits=digits,
-        classes=head,
+        model_id=plan.resolved.model_id,
+        adapter_id=plan.resolved.adapter[0] if plan.resolved.adapter else None,
+        test_digits=plan.test_digits,
+        classes=plan.classes,
         n_samples=int(len(y)),
         accuracy=float(1.0 - wrong.float().mean()) if len(y) else 0.0,
-        per_digit_errors={str(d): int(wrong[y == d].sum()) for d in digits},
+        per_digit_errors={str(d): int(wrong[y == d].sum()) for d in plan.test_digits},
     )

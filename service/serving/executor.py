@@ -18,8 +18,9 @@
 4. turns logits into probabilities (softmax) mapped through the record's ``classes`` (the
    adapter's when one is used): head output ``i`` means digit ``classes[i]``.
 
-:meth:`BatchExecutor.evaluate` (``POST /evaluate``) resolves, loads and forwards the same
-way, over the MNIST test images. Everything here runs on the predictor's single thread.
+``POST /evaluate`` (:mod:`service.serving.evaluate`) resolves, loads and forwards through
+the same methods, over the MNIST test images. Everything here runs on the predictor's
+single thread.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from models.multi_lora import AdapterBatch, enable_multi_lora
 from service.core.errors import ApiError, adapter_model_mismatch, artifact_unavailable, not_found
 from service.core.settings import Settings
 from service.db import adapter_records, model_records
-from service.db.engine import session_factory
+from service.db.engine import get_engine, session_factory
+from service.serving import invalidation
 from service.serving.cache import LRUCache
 
 log = logging.getLogger(__name__)
@@ -127,13 +129,16 @@ class BatchExecutor:
         self.adapters: LRUCache[LoadedAdapter] = LRUCache(settings.adapter_cache_size, "adapter")
         self.models: LRUCache[LoadedModel] = LRUCache(settings.model_cache_size, "model")
         self.stats = BatchStats()
+        self.engine = get_engine(settings.database_url)
         self._sessions = session_factory(settings.database_url)
+        invalidation.watch(self)
 
-    def forget(self, kind: str, record_id: str, reason: str) -> None:
+    def forget(self, kind: str, record_id: str, reason: str) -> bool:
         """Drop a model or adapter from its cache: the one way a record leaves serving
-        (deleted here or elsewhere, or changed under the same id). Thread-safe."""
+        (deleted here or elsewhere, or changed under the same id; see
+        :mod:`service.serving.invalidation`). Thread-safe; True when it was resident."""
         cache = self.adapters if kind == "adapter" else self.models
-        cache.evict(record_id, f"evicted ({reason})")
+        return cache.evict(record_id, f"evicted ({reason})")
 
     # ---------------------------------------------------------------- resolving records
 
@@ -374,7 +379,8 @@ def _freeze_heap() -> None:
     and SQLAlchemy; under load that ran about once a second and took 100-190 ms on
     2 cores, and was the whole p99 of ``/predict``. Afterwards full collections only scan
     objects created since. Process-wide; frozen objects are never collected as cycles, so
-    it runs once, over what lives as long as the process anyway.
+    it runs once, over what lives about as long as the process (the first model may later
+    be evicted: its tensors' memory is still freed by reference counting).
     """
     global _heap_frozen
     if _heap_frozen:

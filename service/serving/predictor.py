@@ -1,4 +1,4 @@
-"""The predictor: base models loaded once, LoRA adapters hot-swapped per sample, micro-batched.
+"""The predictor: base models and LoRA adapters in LRU caches, adapters per sample, micro-batched.
 
 Request path (one process):
 
@@ -16,10 +16,10 @@ Request path (one process):
 ``await predictor.evaluate(...)`` (``POST /evaluate``) runs on the same thread, through the
 same caches and forward (:mod:`service.serving.evaluate`).
 
-Cache invalidation has one path, :meth:`BatchExecutor.forget`: every batch forgets the
-records it finds gone (deleted by any process), and this process's adapter deletions are
-forgotten at once by a SQLAlchemy ``after_delete`` listener on ``AdapterRecord`` that the
-predictor holds for its lifetime. Nothing outside serving calls into the caches.
+Cache invalidation has one path, :meth:`BatchExecutor.forget`
+(:mod:`service.serving.invalidation`): every batch forgets the records it finds gone
+(deleted by any process), and this process's committed adapter deletions are forgotten at
+once. Nothing outside serving calls into the caches.
 
 A sample's answer does not depend on its batch neighbours: rows of a matrix product are
 computed independently, so batched and alone agree to float32 rounding (tests: 1e-5).
@@ -40,12 +40,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from sqlalchemy import event
 
 from service.core.errors import ApiError
 from service.core.settings import Settings
-from service.db.tables import AdapterRecord
-from service.serving.evaluate import Evaluation, evaluate
+from service.serving.evaluate import (
+    EVAL_BATCH,
+    Evaluation,
+    plan_evaluation,
+    predict_chunk,
+    score,
+    test_images,
+)
 from service.serving.executor import BatchExecutor, BatchItem, Prediction
 
 log = logging.getLogger(__name__)
@@ -66,7 +71,7 @@ class Predictor:
 
     Created lazily by the API (``app.state.predictor``); bound to the event loop that first
     calls :meth:`predict`. Thread-safe: :meth:`evict` may be called from any thread.
-    Call :meth:`aclose` when done (it also removes the deletion listener).
+    Call :meth:`aclose` when done.
 
     Args:
         settings: uses ``adapter_cache_size``, ``predict_batch_window_ms``,
@@ -78,8 +83,6 @@ class Predictor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.executor = BatchExecutor(settings)
-        self.adapter_cache = self.executor.adapters
-        event.listen(AdapterRecord, "after_delete", self._adapter_deleted)
         self._thread = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix="predict",
@@ -187,37 +190,47 @@ class Predictor:
         test_digits: list[int] | None = None,
         classes: list[int] | None = None,
     ) -> Evaluation:
-        """Test-set accuracy as served (see :func:`service.serving.evaluate.evaluate`), on
-        the predictor's thread. Raises its ``ApiError``s, and 503 ``shutting_down``."""
+        """Test-set accuracy as served (:mod:`service.serving.evaluate`).
+
+        Resolving and loading, then each chunk of test images, run as separate tasks on the
+        predictor's thread, so ``/predict`` micro-batches interleave; the test set is read
+        and the answer counted off that thread.
+
+        Raises:
+            ApiError: see :func:`service.serving.evaluate.plan_evaluation`; 503
+                ``data_unavailable``; 503 ``shutting_down``.
+        """
         if self.closed:
             raise ApiError(503, "shutting_down", "The predictor is shutting down.")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
+        plan = await loop.run_in_executor(
             self._thread,
-            lambda: evaluate(
+            lambda: plan_evaluation(
                 self.executor,
-                self.settings,
                 model_id=model_id,
                 adapter_id=adapter_id,
                 test_digits=test_digits,
                 classes=classes,
             ),
         )
+        x, y = await asyncio.to_thread(test_images, self.settings, plan.test_digits)
+        chunks = [
+            await loop.run_in_executor(self._thread, predict_chunk, plan, chunk)
+            for chunk in x.split(EVAL_BATCH)
+        ]
+        predicted = torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.int64)
+        return score(plan, predicted, y)
 
     def evict(self, adapter_id: str) -> bool:
-        """Drop an adapter from the cache now; returns whether it was resident. Thread-safe."""
-        return self.adapter_cache.evict(adapter_id, "evicted (deleted)")
-
-    def _adapter_deleted(self, _mapper: Any, _connection: Any, record: AdapterRecord) -> None:
-        """``after_delete`` listener: this process deleted an adapter record."""
-        self.executor.forget("adapter", record.id, "record deleted")
+        """Forget an adapter now (:meth:`BatchExecutor.forget`); True when it was resident."""
+        return self.executor.forget("adapter", adapter_id, "evicted on request")
 
     def stats(self) -> dict[str, Any]:
         """Cache and batching counters (latencies in ms) for ``GET /predict/stats``."""
         s = self.executor.stats
         models = self.executor.models.stats()
         return {
-            "adapter_cache": self.adapter_cache.stats().__dict__,
+            "adapter_cache": self.executor.adapters.stats().__dict__,
             "model_cache": models.__dict__,
             "models_loaded": sorted(models.resident),
             "batches": s.batches,
@@ -233,8 +246,6 @@ class Predictor:
     async def aclose(self) -> None:
         """Stop the collector, fail queued requests with 503, release the worker thread."""
         self.closed = True
-        if event.contains(AdapterRecord, "after_delete", self._adapter_deleted):
-            event.remove(AdapterRecord, "after_delete", self._adapter_deleted)
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()

@@ -134,7 +134,7 @@ def delete_adapter(settings: Any, adapter_id: str) -> None:
 
 
 @pytest.fixture
-def registry(migrated, artifacts: Artifacts) -> Artifacts:
+def registered(migrated, artifacts: Artifacts) -> Artifacts:
     """Both models and every session adapter registered in the test database."""
     from datetime import UTC, datetime, timedelta
 
@@ -158,7 +158,7 @@ def make_app(migrated) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def predict_client(registry, make_app) -> Iterator[Any]:
+def predict_client(registered, make_app) -> Iterator[Any]:
     """TestClient on an app with both models and all adapters registered."""
     from fastapi.testclient import TestClient
 

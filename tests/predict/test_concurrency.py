@@ -44,7 +44,7 @@ def distance(a: dict[str, float], b: dict[str, float]) -> float:
     return max(abs(x - y) for x, y in zip(a.values(), b.values(), strict=True))
 
 
-def test_200_concurrent_requests_mixing_base_and_two_adapters(registry, make_app) -> None:
+def test_200_concurrent_requests_mixing_base_and_two_adapters(registered, make_app) -> None:
     images = sample_pixels(4, seed=3).tolist()
     choices = [None, "ad0", "ad2"]
     app = make_app()
@@ -82,23 +82,23 @@ def test_200_concurrent_requests_mixing_base_and_two_adapters(registry, make_app
 
 
 def test_small_cache_while_adapters_are_registered_mid_flight(
-    registry, migrated, make_app, tmp_path: Path
+    registered, migrated, make_app, tmp_path: Path
 ) -> None:
     cache_size = 2
     pixels = sample_pixels(3, seed=5)
     x = to_model_input(pixels.numpy())
-    base = registry.models["base"][1]
+    base = registered.models["base"][1]
 
     fresh = [f"fresh{i}" for i in range(4)]
     for i, adapter_id in enumerate(fresh):
         weights = make_adapter_weights(SMALL, seed=500 + i)
         save_adapter(tmp_path / adapter_id, weights)
-        registry.adapters[adapter_id] = (tmp_path / adapter_id, weights, "base", ADAPTER_CLASSES)
+        registered.adapters[adapter_id] = (tmp_path / adapter_id, weights, "base", ADAPTER_CLASSES)
     preregistered = [f"ad{i}" for i in range(6)]
     every = preregistered + fresh
     reference = {}  # (image, adapter) -> probabilities, computed alone with models/
     for a in every:
-        p = torch.softmax(forward_with_adapters(base, x, [registry.adapters[a][1]] * len(x)), 1)
+        p = torch.softmax(forward_with_adapters(base, x, [registered.adapters[a][1]] * len(x)), 1)
         for i in range(len(x)):
             reference[i, a] = {str(c): float(v) for c, v in zip(ADAPTER_CLASSES, p[i], strict=True)}
 
@@ -111,7 +111,7 @@ def test_small_cache_while_adapters_are_registered_mid_flight(
         while not stop.is_set():
             predictor = getattr(app.state, "predictor", None)
             if predictor is not None:
-                resident_max = max(resident_max, len(predictor.adapter_cache))
+                resident_max = max(resident_max, len(predictor.executor.adapters))
             time.sleep(0.0005)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -135,7 +135,9 @@ def test_small_cache_while_adapters_are_registered_mid_flight(
                     async def register() -> None:
                         for adapter_id in fresh:
                             await asyncio.sleep(0.15)
-                            await asyncio.to_thread(insert_adapter, migrated, registry, adapter_id)
+                            await asyncio.to_thread(
+                                insert_adapter, migrated, registered, adapter_id
+                            )
                             available.append(adapter_id)  # usable from now on, no restart
 
                     async def traffic() -> None:
@@ -151,7 +153,7 @@ def test_small_cache_while_adapters_are_registered_mid_flight(
     finally:
         stop.set()
         for adapter_id in fresh:
-            registry.adapters.pop(adapter_id, None)
+            registered.adapters.pop(adapter_id, None)
 
     used = {a for _, a, _ in results}
     assert set(fresh) <= used, "the freshly registered adapters were served"

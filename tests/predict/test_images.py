@@ -204,7 +204,7 @@ def test_bad_file_corpus_over_http(name: str, predict_client) -> None:
     assert r.json()["error"]["code"] == code
 
 
-def test_image_over_the_pixel_setting(registry, make_app) -> None:
+def test_image_over_the_pixel_setting(registered, make_app) -> None:
     from fastapi.testclient import TestClient
 
     with TestClient(make_app(max_image_pixels=5000)) as c:

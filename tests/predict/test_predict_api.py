@@ -129,23 +129,23 @@ def test_missing_file_field(predict_client) -> None:
     }
 
 
-def test_delete_adapter_route_then_predict_404(predict_client, registry, migrated, tmp_path):
+def test_delete_adapter_route_then_predict_404(predict_client, registered, migrated, tmp_path):
     """The real ``DELETE /adapters/{id}`` (record, files, evict hook) while it is cached."""
-    path = registry.adapters["ad5"][0]
+    path = registered.adapters["ad5"][0]
     shutil.copytree(path, tmp_path / "copy")
-    registry.adapters["doomed"] = (tmp_path / "copy", *registry.adapters["ad5"][1:])
+    registered.adapters["doomed"] = (tmp_path / "copy", *registered.adapters["ad5"][1:])
     try:
-        insert_adapter(migrated, registry, "doomed")
+        insert_adapter(migrated, registered, "doomed")
         body = {"pixels": [[0] * 28] * 28, "adapter_id": "doomed"}
         assert predict_client.post("/predict", json=body).status_code == 200
         predictor = predict_client.app.state.predictor
-        assert "doomed" in predictor.adapter_cache.keys()
+        assert "doomed" in predictor.executor.adapters.keys()
         assert predict_client.delete("/adapters/doomed").status_code == 204
-        assert "doomed" not in predictor.adapter_cache.keys()
+        assert "doomed" not in predictor.executor.adapters.keys()
         r = predict_client.post("/predict", json=body)
         assert r.status_code == 404 and r.json()["error"]["code"] == "adapter_not_found"
     finally:
-        registry.adapters.pop("doomed")
+        registered.adapters.pop("doomed")
 
 
 def test_ping_stats_and_openapi(predict_client) -> None:

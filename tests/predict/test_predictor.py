@@ -92,13 +92,13 @@ def images() -> torch.Tensor:
 # ---------------------------------------------------------------- logits: every path agrees
 
 
-def test_merged_unmerged_batched_and_served_logits_agree(registry, migrated, images) -> None:
+def test_merged_unmerged_batched_and_served_logits_agree(registered, migrated, images) -> None:
     """Merged, unmerged (LoraLinear), per-sample alone, mixed batch and the served
     probabilities all give the same answer (1e-5); the base weights are never modified."""
-    _, base, _ = registry.models["base"]
+    _, base, _ = registered.models["base"]
     before = {k: v.clone() for k, v in base.state_dict().items()}
     choices = [None, "ad0", "ad1", "ad2", None, "ad1"]
-    weights = [registry.adapters[a][1] if a else None for a in choices]
+    weights = [registered.adapters[a][1] if a else None for a in choices]
 
     reference = []
     for i, w in enumerate(weights):
@@ -134,7 +134,7 @@ def test_merged_unmerged_batched_and_served_logits_agree(registry, migrated, ima
 # ---------------------------------------------------------------- records and classes
 
 
-def test_classes_defaults_and_errors(registry, migrated, images) -> None:
+def test_classes_defaults_and_errors(registered, migrated, images) -> None:
     x = images[:1]
     predictor = Predictor(migrated)
     base, adapted, implied, unknown_m, unknown_a, mismatch = run(
@@ -164,20 +164,20 @@ def test_no_model_registered_is_a_clear_404(migrated, images) -> None:
     assert isinstance(err, ApiError) and (err.status, err.code) == (404, "no_model")
 
 
-def test_deleted_adapter_answers_404_and_leaves_the_cache(registry, migrated, images) -> None:
+def test_deleted_adapter_answers_404_and_leaves_the_cache(registered, migrated, images) -> None:
     async def scenario() -> None:
         predictor = Predictor(migrated)
         try:
             await predictor.predict(images[:1], "base", "ad3")
             await predictor.predict(images[:1], "base", "ad4")
-            assert {"ad3", "ad4"} <= set(predictor.adapter_cache.keys())
+            assert {"ad3", "ad4"} <= set(predictor.executor.adapters.keys())
             delete_adapter(migrated, "ad3")  # another process deleted it: no evict hook here
             with pytest.raises(ApiError) as err:
                 await predictor.predict(images[:1], "base", "ad3")
-            assert err.value.status == 404 and "ad3" not in predictor.adapter_cache.keys()
+            assert err.value.status == 404 and "ad3" not in predictor.executor.adapters.keys()
             delete_adapter(migrated, "ad4")
             assert predictor.evict("ad4")  # the hook
-            assert "ad4" not in predictor.adapter_cache.keys()
+            assert "ad4" not in predictor.executor.adapters.keys()
             with pytest.raises(ApiError):
                 await predictor.predict(images[:1], "base", "ad4")
         finally:
@@ -186,7 +186,7 @@ def test_deleted_adapter_answers_404_and_leaves_the_cache(registry, migrated, im
     run(scenario())
 
 
-def test_just_registered_adapter_is_usable_at_once(registry, migrated, images, tmp_path) -> None:
+def test_just_registered_adapter_is_usable_at_once(registered, migrated, images, tmp_path) -> None:
     from models.adapter_io import save_adapter
     from tests.predict.conftest import SMALL, make_adapter_weights
 
@@ -196,22 +196,22 @@ def test_just_registered_adapter_is_usable_at_once(registry, migrated, images, t
             await predictor.predict(images[:1], "base", "ad0")  # predictor is running
             weights = make_adapter_weights(SMALL, seed=77)
             save_adapter(tmp_path / "fresh", weights)
-            registry.adapters["fresh"] = (tmp_path / "fresh", weights, "base", (5, 6, 7, 8, 9))
-            insert_adapter(migrated, registry, "fresh")
+            registered.adapters["fresh"] = (tmp_path / "fresh", weights, "base", (5, 6, 7, 8, 9))
+            insert_adapter(migrated, registered, "fresh")
             (p,) = await predictor.predict(images[:1], "base", "fresh")
             want = torch.softmax(
-                forward_with_adapters(registry.models["base"][1], images[:1], [weights]), 1
+                forward_with_adapters(registered.models["base"][1], images[:1], [weights]), 1
             )
             torch.testing.assert_close(probs(p), want[0], atol=1e-5, rtol=0)
         finally:
-            registry.adapters.pop("fresh", None)
+            registered.adapters.pop("fresh", None)
             await predictor.aclose()
 
     run(scenario())
 
 
-def test_broken_artifact_is_503_not_500(registry, migrated, images, tmp_path) -> None:
-    registry.adapters["broken"] = (tmp_path / "missing", None, "base", (5, 6, 7, 8, 9))
+def test_broken_artifact_is_503_not_500(registered, migrated, images, tmp_path) -> None:
+    registered.adapters["broken"] = (tmp_path / "missing", None, "base", (5, 6, 7, 8, 9))
     try:
         from service.db.engine import session_scope
         from service.db.tables import AdapterRecord
@@ -232,13 +232,13 @@ def test_broken_artifact_is_503_not_500(registry, migrated, images, tmp_path) ->
         (err,) = run(predict_all(Predictor(migrated), [(images[:1], "base", "broken")]))
         assert (err.status, err.code) == (503, "artifact_unavailable")
     finally:
-        registry.adapters.pop("broken")
+        registered.adapters.pop("broken")
 
 
 # ---------------------------------------------------------------- micro-batching
 
 
-def test_concurrent_requests_are_batched_and_each_answer_is_its_own(registry, migrated, images):
+def test_concurrent_requests_are_batched_and_each_answer_is_its_own(registered, migrated, images):
     settings = migrated.model_copy(
         update={"predict_batch_window_ms": 30.0, "adapter_cache_size": 2}
     )
@@ -259,14 +259,14 @@ def test_concurrent_requests_are_batched_and_each_answer_is_its_own(registry, mi
 
 
 def test_multi_image_requests_with_mixed_adapters_in_one_batch(
-    registry, migrated, images, tmp_path
+    registered, migrated, images, tmp_path
 ) -> None:
     """Requests of different sizes, different images and different adapters gathered into one
     micro-batch (plus one whose adapter cannot load): each gets its own rows, in order."""
     from service.db.engine import session_scope
     from service.db.tables import AdapterRecord
 
-    registry.adapters["broken"] = (tmp_path / "missing", None, "base", (5, 6, 7, 8, 9))
+    registered.adapters["broken"] = (tmp_path / "missing", None, "base", (5, 6, 7, 8, 9))
     with session_scope(migrated.database_url) as s:
         s.add(
             AdapterRecord(
@@ -300,10 +300,10 @@ def test_multi_image_requests_with_mixed_adapters_in_one_batch(
                 assert (g.adapter_id, g.digit) == (req[2], w.digit)
                 torch.testing.assert_close(probs(g), probs(w), atol=1e-5, rtol=0)
     finally:
-        registry.adapters.pop("broken")
+        registered.adapters.pop("broken")
 
 
-def test_aclose_fails_queued_requests_with_503(registry, migrated, images) -> None:
+def test_aclose_fails_queued_requests_with_503(registered, migrated, images) -> None:
     settings = migrated.model_copy(update={"predict_batch_window_ms": 500.0})
 
     async def scenario() -> None:

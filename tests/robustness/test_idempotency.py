@@ -11,7 +11,7 @@ from svc_helpers import error_of
 
 from service.core.job_spec import PretrainSpec
 from service.db.engine import session_factory
-from service.jobs import submit as job_service
+from service.jobs import submit
 
 BODY = {"kind": "pretrain", "config": {"epochs": 2, "hidden1": 16, "hidden2": 16}}
 
@@ -83,7 +83,7 @@ def test_insert_race_rereads_the_winner(db_url: str, monkeypatch: pytest.MonkeyP
     from service.core.settings import Settings
 
     settings = Settings(_env_file=None, database_url=db_url)  # type: ignore[call-arg]
-    real_lookup = job_service._by_key
+    real_lookup = submit._by_key
     misses = {"left": 2}
 
     def racing_lookup(session, key):  # noqa: ANN001, ANN202
@@ -92,7 +92,7 @@ def test_insert_race_rereads_the_winner(db_url: str, monkeypatch: pytest.MonkeyP
             return None  # as if the other request had not committed yet
         return real_lookup(session, key)
 
-    monkeypatch.setattr(job_service, "_by_key", racing_lookup)
+    monkeypatch.setattr(submit, "_by_key", racing_lookup)
     queued: list[str] = []
     factory = session_factory(db_url)
     config = PretrainSpec(epochs=2)
@@ -100,7 +100,7 @@ def test_insert_race_rereads_the_winner(db_url: str, monkeypatch: pytest.MonkeyP
     for _ in range(2):
         with factory() as session:
             results.append(
-                job_service.submit_job(
+                submit.submit_job(
                     session,
                     settings,
                     spec=config,

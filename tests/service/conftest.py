@@ -50,7 +50,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return request.getfixturevalue("postgres_url")
     from service.db.migrations import upgrade
 
-    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    url = f"sqlite:///{tmp_path / 'records.db'}"
     upgrade(url)
     return url
 

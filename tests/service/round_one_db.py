@@ -8,6 +8,8 @@ tables change later. Artifacts are real (small) safetensors files, so ``/predict
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -131,6 +133,19 @@ LATE_FULL_CONFIG = {
     "max_train_samples": None,
     "dropout": 0.0,
 }
+
+
+ROUND_ONE_KEY = "round-one-retry"  # the late job was submitted with this Idempotency-Key
+
+
+def round_one_hash(kind: str, base_model_id: str | None, config: dict[str, Any]) -> str:
+    """``request_hash`` as round one computed it (its config dump, ``digits`` and all)."""
+    canonical = json.dumps(
+        {"kind": kind, "base_model_id": base_model_id, "config": config},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _hex() -> str:
@@ -280,7 +295,10 @@ def _write_round_one(url: str, artifact_dir: Path) -> dict[str, str]:
                 _job_row(ids["lora_job"], "finetune_lora", EARLY_LORA_CONFIG, t[2],
                          base_model_id=ids["base"], result_adapter_id=ids["trained"]),
                 _job_row(ids["full_job"], "finetune_full", LATE_FULL_CONFIG, t[4],
-                         base_model_id=ids["base"], result_model_id=ids["full"]),
+                         base_model_id=ids["base"], result_model_id=ids["full"],
+                         idempotency_key=ROUND_ONE_KEY,
+                         request_hash=round_one_hash("finetune_full", ids["base"],
+                                                     LATE_FULL_CONFIG)),
             ],
         )  # fmt: skip
         conn.execute(

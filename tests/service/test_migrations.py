@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from round_one_db import (  # noqa: F401
+from round_one_db import (
     BASE_CLASSES,
+    LATE_FULL_CONFIG,
     NEW_CLASSES,
     PIXELS,
     ROUND_ONE,
+    ROUND_ONE_KEY,  # noqa: F401
     T0,
     _jobs,
     _models,
@@ -148,6 +150,18 @@ def test_round_one_database_upgrades_and_is_served(
                 assert body["adapter_id"] == adapter_id
                 assert set(body["probabilities"]) == new_keys, body
                 assert body["digit"] in NEW_CLASSES
+
+            # A round-one client retrying the late job's request with its key: a replay
+            # (its stored hash was taken under the old field name `digits`).
+            retry = {"kind": "finetune_full", "base_model_id": ids["base"],
+                     "config": LATE_FULL_CONFIG}  # fmt: skip
+            resp = client.post("/jobs", json=retry, headers={"Idempotency-Key": ROUND_ONE_KEY})
+            assert resp.status_code == 200, resp.text
+            assert resp.json()["id"] == ids["full_job"]
+            assert resp.headers["idempotent-replayed"] == "true"
+            other = {**retry, "config": {**LATE_FULL_CONFIG, "epochs": 11}}
+            resp = client.post("/jobs", json=other, headers={"Idempotency-Key": ROUND_ONE_KEY})
+            assert resp.status_code == 409, resp.text
 
             resp = client.post("/predict", json={"pixels": PIXELS, "model_id": ids["base"]})
             assert resp.status_code == 200, resp.text

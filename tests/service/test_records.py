@@ -1,4 +1,4 @@
-"""Registry and job state transitions on SQLite and on a real Postgres database."""
+"""Record modules and job state transitions on SQLite and on a real Postgres database."""
 
 from __future__ import annotations
 
