@@ -39,7 +39,6 @@ class AdapterBatch:
     """
 
     def __init__(self, adapters: Sequence[AdapterWeights | None], device: torch.device) -> None:
-        self.size = len(adapters)
         rows: dict[int, tuple[AdapterWeights, list[int]]] = {}
         for i, adapter in enumerate(adapters):
             if adapter is not None:
@@ -101,7 +100,9 @@ def _wrap_linears(modules: dict[str, nn.Module]) -> None:
             continue
         if not isinstance(layer, nn.Linear):
             raise ValueError(f"{name} is {type(layer).__name__}: needs a plain MLP (no LoRA)")
-        modules[name] = MultiLoraLinear(layer, name)
+        wrapper = MultiLoraLinear(layer, name)
+        wrapper.training = layer.training  # the wrapped network's mode, unchanged
+        modules[name] = wrapper
 
 
 def enable_multi_lora(model: MLP) -> MLP:

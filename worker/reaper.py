@@ -32,7 +32,7 @@ def reap_once(settings: Settings, send: Callable[[str], None] | None = None) -> 
     """Run one reaper pass against ``settings.database_url``.
 
     Args:
-        send: sends ``run_job(job_id)``; default :func:`worker.celery_app.enqueue_job`.
+        send: sends ``run_job(job_id)``; default :func:`service.jobs.queue.enqueue_job`.
     Removes the checkpoints of the jobs it ended (cancelled or failed: never resumed).
 
     Returns:

@@ -13,7 +13,7 @@ dir, validated against the base model with :func:`models.adapter_io.load_adapter
 type, tensor names, shapes, dtype, finite values), renamed into place atomically, and only
 then registered. On any failure nothing is left: no directory, no record.
 
-Every refusal is an :class:`~service.errors.ApiError` (4xx, error envelope).
+Every refusal is an :class:`~service.core.errors.ApiError` (4xx, error envelope).
 """
 
 from __future__ import annotations

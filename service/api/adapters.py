@@ -15,7 +15,7 @@ from service.api.errors import ErrorResponse
 from service.api.pagination import PageDep
 from service.api.schemas import AdapterOut, Page, adapter_out
 from service.api.strict import StrictRoute
-from service.core.job_spec import MAX_ID_LENGTH
+from service.core.vocab import MAX_ID_LENGTH
 from service.db import adapter_records
 
 router = APIRouter(prefix="/adapters", tags=["adapters"], route_class=StrictRoute)

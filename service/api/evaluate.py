@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from fastapi import APIRouter, Request
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from service.api.deps import get_predictor
 from service.api.errors import ErrorResponse
 from service.api.strict import StrictRoute
-from service.core.job_spec import MAX_ID_LENGTH
+from service.core.vocab import MAX_ID_LENGTH, DigitList
 
 router = APIRouter(tags=["evaluate"], route_class=StrictRoute)
 
@@ -22,11 +22,11 @@ router = APIRouter(tags=["evaluate"], route_class=StrictRoute)
 class EvaluateRequest(BaseModel):
     """What to evaluate, on which digits of the official MNIST test set."""
 
-    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True)
+    model_config = ConfigDict(extra="forbid")
 
     model_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     adapter_id: str | None = Field(None, min_length=1, max_length=MAX_ID_LENGTH)
-    test_digits: list[int] | None = Field(
+    test_digits: DigitList | None = Field(
         None,
         min_length=1,
         max_length=10,
@@ -34,7 +34,7 @@ class EvaluateRequest(BaseModel):
         description="Digits whose test images are used (default: the served classes; "
         "`digits` is accepted as the old name).",
     )
-    classes: list[int] | None = Field(
+    classes: DigitList | None = Field(
         None,
         min_length=2,
         max_length=10,
@@ -43,13 +43,6 @@ class EvaluateRequest(BaseModel):
         "(e.g. a model fine-tuned on 5-9 read through its parent's 0-4 head: the seed "
         "notebook's measure of forgetting; `head_classes` is accepted as the old name).",
     )
-
-    @field_validator("test_digits", "classes")
-    @classmethod
-    def _digits(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (len(set(v)) != len(v) or any(d < 0 or d > 9 for d in v)):
-            raise ValueError("digits must be distinct integers in 0..9")
-        return v
 
 
 class EvaluateResponse(BaseModel):

@@ -37,18 +37,18 @@ from service.api.errors import ErrorResponse
 from service.api.strict import StrictRoute, refuse_unknown
 from service.core.errors import ApiError
 from service.core.settings import Settings
+from service.core.vocab import MAX_ID_LENGTH
 from service.serving.images import decode_upload, pixels_to_images, to_model_input
 
 router = APIRouter(prefix="/predict", tags=["predict"], route_class=StrictRoute)
 
 MAX_JSON_IMAGES = 256  # schema bound; settings.predict_max_images is the effective limit
 _FORM_FIELDS = frozenset({"file", "model_id", "adapter_id"})
-ID_MAX_LENGTH = 64
 
 ModelIdQuery = Annotated[
     str | None,
     Query(
-        max_length=ID_MAX_LENGTH,
+        max_length=MAX_ID_LENGTH,
         description="Base model, as in the body (default: the newest pre-trained one). "
         "Given in both places, the values must agree.",
     ),
@@ -56,7 +56,7 @@ ModelIdQuery = Annotated[
 AdapterIdQuery = Annotated[
     str | None,
     Query(
-        max_length=ID_MAX_LENGTH,
+        max_length=MAX_ID_LENGTH,
         description="LoRA adapter of that model, as in the body (default: none). Given in "
         "both places, the values must agree.",
     ),
@@ -81,10 +81,14 @@ class PredictRequest(BaseModel):
         )
     )
     model_id: str | None = Field(
-        None, max_length=64, description="Base model (default: the newest pre-trained one)."
+        None,
+        max_length=MAX_ID_LENGTH,
+        description="Base model (default: the newest pre-trained one).",
     )
     adapter_id: str | None = Field(
-        None, max_length=64, description="LoRA adapter of that base model (default: none)."
+        None,
+        max_length=MAX_ID_LENGTH,
+        description="LoRA adapter of that base model (default: none).",
     )
 
 
@@ -324,9 +328,12 @@ def _decode_all(blobs: list[bytes], max_pixels: int) -> np.ndarray:
 def _text_field(value: object, name: str) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > ID_MAX_LENGTH:
+    if not isinstance(value, str) or len(value) > MAX_ID_LENGTH:
         raise ApiError(
-            422, "validation_error", f"{name} must be a string of at most 64 chars.", name
+            422,
+            "validation_error",
+            f"{name} must be a string of at most {MAX_ID_LENGTH} chars.",
+            name,
         )
     return value.strip() or None
 

@@ -1,2 +1,3 @@
-"""The public API's client and the commands built on it (``compare``, ``demo``); it knows
-the service only through HTTP."""
+"""The public API's client and the commands built on it (``compare``, ``demo``): they reach
+the service only over HTTP (from the core they take the settings, for the URL and key, and
+the job statuses)."""

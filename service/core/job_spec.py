@@ -21,13 +21,13 @@ Defaults reproduce the seed notebook, with the fine-tuning schedule measured in 
   out for validation.
 
 Round-one rows: ``classes`` was called ``digits`` (still accepted, in requests too), and
-fields added later are absent from early rows; :data:`LEGACY_VALUES` gives each the value
-the round-one code ran with, not today's default.
+fields added later are absent from early rows; each spec's ``legacy_values`` gives them the
+value the round-one code ran with, not today's default.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -45,18 +45,41 @@ from pydantic_core import InitErrorDetails
 from models.classifier import LINEAR_NAMES, MLPConfig, linear_shapes
 from models.lora import LoraConfig
 from models.training import LR_SCHEDULES, TrainConfig
-from service.core.vocab import JOB_KINDS, JobKind
+from service.core.vocab import JOB_KINDS, MAX_ID_LENGTH, DigitList, JobKind
 
 MAX_EPOCHS = 500
 MAX_HIDDEN = 8192
 MAX_RANK = 1024
 MAX_SEED = 2**31 - 1
 MNIST_TRAIN_SIZE = 60_000
-MAX_ID_LENGTH = 64
 
-Digit = Annotated[int, Field(ge=0, le=9)]
 LinearName = Literal[LINEAR_NAMES]  # type: ignore[valid-type]
 LrSchedule = Literal[LR_SCHEDULES]  # type: ignore[valid-type]
+
+# Each field's bounds and meaning, written once; the specs below only set defaults.
+Classes = Annotated[
+    DigitList,
+    Field(
+        min_length=2,
+        max_length=10,
+        validation_alias=AliasChoices("classes", "digits"),
+        description="Distinct digits to train on, in head order: output i means classes[i] "
+        "(`digits` is accepted as the old name).",
+    ),
+]
+Epochs = Annotated[int, Field(ge=1, le=MAX_EPOCHS, description="Passes over the train split.")]
+LearningRate = Annotated[float, Field(gt=0, le=1.0, description="Adam learning rate.")]
+WeightDecay = Annotated[float, Field(ge=0, le=1.0, description="Adam (L2) weight decay.")]
+FinetuneDropout = Annotated[
+    float | None,
+    Field(
+        ge=0,
+        le=0.9,
+        description="Dropout on the base's hidden layers while fine-tuning (default 0, which "
+        "measured better than the base's 0.5; null keeps the base's own). The architecture is "
+        "unchanged and dropout is off at inference.",
+    ),
+]
 
 
 class SpecMismatch(ValueError):
@@ -68,27 +91,21 @@ class SpecMismatch(ValueError):
         self.message = message
 
 
-def _classes_field(default: Sequence[int]) -> Any:
-    return Field(
-        default_factory=lambda: list(default),
-        min_length=2,
-        max_length=10,
-        validation_alias=AliasChoices("classes", "digits"),
-        description="Distinct digits to train on, in head order: output i means classes[i] "
-        "(`digits` is accepted as the old name).",
-    )
-
-
 class JobSpec(BaseModel):
-    """Fields every job kind has. Subclasses set the defaults of their kind."""
+    """Fields every job kind has. Subclasses set the defaults of their kind.
 
-    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True)
+    ``legacy_values``: per kind, the value a field had in round-one runs whose rows predate
+    it (see :func:`parse_stored`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
     kind: ClassVar[JobKind]
+    legacy_values: ClassVar[dict[str, Any]]
 
-    classes: list[Digit]
-    epochs: int = Field(ge=1, le=MAX_EPOCHS, description="Passes over the train split.")
-    lr: float = Field(gt=0, le=1.0, description="Adam learning rate.")
-    weight_decay: float = Field(ge=0, le=1.0, description="Adam (L2) weight decay.")
+    classes: Classes
+    epochs: Epochs
+    lr: LearningRate
+    weight_decay: WeightDecay
     batch_size: int = Field(128, ge=1, le=8192, description="Samples per optimisation step.")
     lr_schedule: LrSchedule = Field(
         "cosine",
@@ -108,13 +125,6 @@ class JobSpec(BaseModel):
         "runs, smoke tests and demos.",
     )
 
-    @field_validator("classes")
-    @classmethod
-    def _distinct(cls, classes: list[int]) -> list[int]:
-        if len(set(classes)) != len(classes):
-            raise ValueError("classes must be distinct digits")
-        return classes
-
     def train_config(self) -> TrainConfig:
         """The optimisation settings for ``models.training.train``."""
         return TrainConfig(
@@ -127,31 +137,25 @@ class JobSpec(BaseModel):
         )
 
     def check_against_base(self, architecture: MLPConfig) -> None:
-        """Check a fine-tune against its base network's architecture.
-
-        The head is reused, so ``len(classes)`` must equal its size. Pre-training has no
-        base and passes.
+        """Check the spec against its base network (fine-tunes override this; pre-training
+        has no base, so nothing to check).
 
         Raises:
-            SpecMismatch: param ``config.classes``.
+            SpecMismatch: the spec does not fit ``architecture``.
         """
-        if len(self.classes) != architecture.n_classes:
-            raise SpecMismatch(
-                "config.classes",
-                f"config.classes: the base model has a {architecture.n_classes}-way head; give "
-                f"exactly {architecture.n_classes} distinct digits, got {self.classes}.",
-            )
 
 
 class PretrainSpec(JobSpec):
     """Train a fresh MLP (784 -> hidden1 -> hidden2 -> len(classes))."""
 
     kind: ClassVar[JobKind] = "pretrain"
+    legacy_values: ClassVar[dict[str, Any]] = {"lr_schedule": "constant"}
+    """Before the cosine schedule every run was constant."""
 
-    classes: list[Digit] = _classes_field([0, 1, 2, 3, 4])
-    epochs: int = Field(30, ge=1, le=MAX_EPOCHS, description="Passes over the train split.")
-    lr: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate.")
-    weight_decay: float = Field(1e-4, ge=0, le=1.0, description="Adam (L2) weight decay.")
+    classes: Classes = Field(default_factory=lambda: [0, 1, 2, 3, 4])
+    epochs: Epochs = 30
+    lr: LearningRate = 1e-3
+    weight_decay: WeightDecay = 1e-4
     hidden1: int = Field(1000, ge=1, le=MAX_HIDDEN, description="Width of linear1's output.")
     hidden2: int = Field(2000, ge=1, le=MAX_HIDDEN, description="Width of linear2's output.")
     dropout: float = Field(0.5, ge=0, le=0.9, description="Dropout after each hidden layer.")
@@ -166,35 +170,46 @@ class PretrainSpec(JobSpec):
         )
 
 
-_FINETUNE_DROPOUT = (
-    "Dropout on the base's hidden layers while fine-tuning (default 0, which measured better "
-    "than the base's 0.5; null keeps the base's own). The architecture is unchanged and "
-    "dropout is off at inference."
-)
+class _FinetuneSpec(JobSpec):
+    """What both fine-tunes share: digits 5-9, 10 epochs, no dropout, a base to fit."""
+
+    legacy_values: ClassVar[dict[str, Any]] = {"lr_schedule": "constant", "dropout": None}
+    """Before fine-tuning dropout existed, fine-tunes kept the base's (``None``)."""
+
+    classes: Classes = Field(default_factory=lambda: [5, 6, 7, 8, 9])
+    epochs: Epochs = 10
+    dropout: FinetuneDropout = 0.0
+
+    def check_against_base(self, architecture: MLPConfig) -> None:
+        """The head is reused, so ``len(classes)`` must equal its size.
+
+        Raises:
+            SpecMismatch: param ``config.classes``.
+        """
+        if len(self.classes) != architecture.n_classes:
+            raise SpecMismatch(
+                "config.classes",
+                f"config.classes: the base model has a {architecture.n_classes}-way head; give "
+                f"exactly {architecture.n_classes} distinct digits, got {self.classes}.",
+            )
 
 
-class FinetuneFullSpec(JobSpec):
+class FinetuneFullSpec(_FinetuneSpec):
     """Fine-tune every weight of a copy of the base model; registers a new model."""
 
     kind: ClassVar[JobKind] = "finetune_full"
 
-    classes: list[Digit] = _classes_field([5, 6, 7, 8, 9])
-    epochs: int = Field(10, ge=1, le=MAX_EPOCHS, description="Passes over the train split.")
-    lr: float = Field(1e-5, gt=0, le=1.0, description="Adam learning rate.")
-    weight_decay: float = Field(1e-4, ge=0, le=1.0, description="Adam (L2) weight decay.")
-    dropout: float | None = Field(0.0, ge=0, le=0.9, description=_FINETUNE_DROPOUT)
+    lr: LearningRate = 1e-5
+    weight_decay: WeightDecay = 1e-4
 
 
-class FinetuneLoraSpec(JobSpec):
+class FinetuneLoraSpec(_FinetuneSpec):
     """Train a LoRA adapter on the frozen base model; registers an adapter."""
 
     kind: ClassVar[JobKind] = "finetune_lora"
 
-    classes: list[Digit] = _classes_field([5, 6, 7, 8, 9])
-    epochs: int = Field(10, ge=1, le=MAX_EPOCHS, description="Passes over the train split.")
-    lr: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate.")
-    weight_decay: float = Field(0.0, ge=0, le=1.0, description="Adam (L2) weight decay.")
-    dropout: float | None = Field(0.0, ge=0, le=0.9, description=_FINETUNE_DROPOUT)
+    lr: LearningRate = 1e-3
+    weight_decay: WeightDecay = 0.0
     r: int = Field(
         8,
         ge=1,
@@ -232,18 +247,19 @@ class FinetuneLoraSpec(JobSpec):
 
     def lora_config(self) -> LoraConfig:
         """The adapter's hyper-parameters for ``models.lora.inject_lora``."""
+        assert self.lora_alpha is not None  # filled in by _default_alpha
         return LoraConfig(
             r=self.r,
-            lora_alpha=float(self.lora_alpha or 2.0 * self.r),
+            lora_alpha=float(self.lora_alpha),
             target_modules=tuple(self.target_modules),
             lora_dropout=self.lora_dropout,
             use_rslora=self.use_rslora,
         )
 
     def check_against_base(self, architecture: MLPConfig) -> None:
-        """As :meth:`JobSpec.check_against_base`, and ``r`` at most the input width of every
-        targeted layer (784, hidden1, hidden2 for linear1..3). The head's 5 outputs do not
-        bound ``r``: the seed's r = 8 on all three linears is allowed, as peft allows it.
+        """As the other fine-tune, and ``r`` at most the input width of every targeted
+        layer (784, hidden1, hidden2 for linear1..3). The head's 5 outputs do not bound
+        ``r``: the seed's r = 8 on all three linears is allowed, as peft allows it.
 
         Raises:
             SpecMismatch: param ``config.classes`` or ``config.r``.
@@ -264,18 +280,10 @@ SPECS: dict[str, type[JobSpec]] = {
 }
 assert tuple(SPECS) == JOB_KINDS, "one spec per job kind"
 
-LEGACY_VALUES: dict[str, dict[str, Any]] = {
-    "pretrain": {"lr_schedule": "constant"},
-    "finetune_full": {"lr_schedule": "constant", "dropout": None},
-    "finetune_lora": {"lr_schedule": "constant", "dropout": None},
-}
-"""Per kind, the value a field had in round-one runs whose rows predate it: ``lr_schedule``
-came with the cosine schedule (before it every run was constant); fine-tuning ``dropout``
-came later still (before it fine-tunes kept the base's dropout, which ``None`` means)."""
-
 
 def parse_stored(kind: str, config: Mapping[str, Any]) -> JobSpec:
-    """The spec of a stored job row (``jobs.config``), fields it lacks filled as round one ran.
+    """The spec of a stored job row (``jobs.config``); fields a round-one row lacks take
+    the value round one ran with (the spec's ``legacy_values``), not today's default.
 
     Raises:
         ValueError: unknown ``kind``; pydantic's ``ValidationError`` (a ValueError) for a
@@ -284,7 +292,7 @@ def parse_stored(kind: str, config: Mapping[str, Any]) -> JobSpec:
     spec = SPECS.get(kind)
     if spec is None:
         raise ValueError(f"unknown job kind {kind!r}")
-    legacy = {k: v for k, v in LEGACY_VALUES[kind].items() if k not in config}
+    legacy = {k: v for k, v in spec.legacy_values.items() if k not in config}
     return spec.model_validate({**legacy, **config})
 
 
@@ -298,7 +306,7 @@ class _JobCreate(BaseModel):
 class PretrainJobCreate(_JobCreate):
     """``POST /jobs`` body for pre-training (no base model)."""
 
-    kind: Literal["pretrain"]
+    kind: Literal[PretrainSpec.kind]  # type: ignore[valid-type]
     base_model_id: None = Field(None, description="Must be absent: pre-training starts fresh.")
     config: PretrainSpec = Field(default_factory=PretrainSpec)
 
@@ -306,7 +314,7 @@ class PretrainJobCreate(_JobCreate):
 class FinetuneFullJobCreate(_JobCreate):
     """``POST /jobs`` body for a full fine-tune of ``base_model_id``."""
 
-    kind: Literal["finetune_full"]
+    kind: Literal[FinetuneFullSpec.kind]  # type: ignore[valid-type]
     base_model_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     config: FinetuneFullSpec = Field(default_factory=FinetuneFullSpec)
 
@@ -314,7 +322,7 @@ class FinetuneFullJobCreate(_JobCreate):
 class FinetuneLoraJobCreate(_JobCreate):
     """``POST /jobs`` body for a LoRA fine-tune of ``base_model_id``."""
 
-    kind: Literal["finetune_lora"]
+    kind: Literal[FinetuneLoraSpec.kind]  # type: ignore[valid-type]
     base_model_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     config: FinetuneLoraSpec = Field(default_factory=FinetuneLoraSpec)
 

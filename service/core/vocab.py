@@ -1,15 +1,17 @@
 """The service's words, each declared once: job kinds and statuses, model kinds, adapter
-sources, and the id prefix of every record kind.
+sources, the id prefix of every record kind, and what a digit list is.
 
-Everything else (request schemas, tables, routes, the worker, the client) imports these
-instead of spelling the strings again. Old spellings that requests may still use are
-mapped here too (:data:`LEGACY_MODEL_KINDS`), so there is one table of them.
+Request and answer schemas take their types from here (so an unknown status or kind is
+refused in one place), and the SQL of the job state machine compares against these values.
+Old spellings that requests may still use are mapped here too (:data:`LEGACY_MODEL_KINDS`).
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
+
+from pydantic import AfterValidator, Field
 
 JobKind = Literal["pretrain", "finetune_full", "finetune_lora"]
 """What a job trains: a fresh MLP, a full fine-tune of a base, or a LoRA adapter on a base."""
@@ -24,7 +26,6 @@ AdapterSource = Literal["trained", "imported"]
 """Where a registered adapter came from: a ``finetune_lora`` job, or ``POST /adapters``."""
 
 JOB_KINDS: tuple[JobKind, ...] = get_args(JobKind)
-JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
 UNFINISHED_STATUSES: tuple[JobStatus, ...] = ("queued", "running")
 TERMINAL_STATUSES: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")
 MODEL_KINDS: tuple[ModelKind, ...] = get_args(ModelKind)
@@ -41,6 +42,21 @@ MODEL_PREFIX = "mdl"
 ADAPTER_PREFIX = "adp"
 """Id prefixes, one per record kind. Round one gave imported adapters ``adapter_<hex>``
 ids; those stay valid (ids are opaque keys), new ones all start ``adp_``."""
+
+
+MAX_ID_LENGTH = 64
+"""Longest id a request may name (the id columns are ``String(64)``)."""
+
+
+def _distinct(digits: list[int]) -> list[int]:
+    if len(set(digits)) != len(digits):
+        raise ValueError("digits must be distinct")
+    return digits
+
+
+Digit = Annotated[int, Field(ge=0, le=9)]
+DigitList = Annotated[list[Digit], AfterValidator(_distinct)]
+"""Distinct digits 0-9 (a head's ``classes``, ``/evaluate``'s ``test_digits``)."""
 
 
 def new_id(prefix: str) -> str:

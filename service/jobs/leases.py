@@ -192,7 +192,7 @@ def reap(
         lease_seconds: heartbeat age (s) beyond which a running job's worker is presumed dead.
         max_attempts: runs a job may start before a dead worker ends it ``failed``.
         resend_after: seconds after which a queued job's message is presumed lost.
-        send: sends ``run_job(job_id)`` (``worker.celery_app.enqueue_job``).
+        send: sends ``run_job(job_id)`` (``service.jobs.queue.enqueue_job``).
     Returns:
         The job ids acted on. Database errors propagate (the caller retries next pass).
     """

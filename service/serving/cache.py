@@ -1,5 +1,5 @@
-"""A thread-safe LRU cache of loaded LoRA adapters (or any value), after ray serve's
-``multiplex.py``: an ``OrderedDict`` in recency order, a lock around it, a second check
+"""A thread-safe LRU cache of loaded LoRA adapters and base models (or any value), after
+ray serve's ``multiplex.py``: an ``OrderedDict`` in recency order, a lock around it, a second check
 after taking the load lock (another thread may have loaded the key meanwhile), and every
 load and eviction logged with its latency.
 
@@ -53,13 +53,13 @@ class LRUCache(Generic[V]):
 
     Args:
         capacity: most resident values, >= 1.
-        name: used in log lines ("adapter").
+        name: what the values are, for log lines ("adapter", "model").
 
     Raises:
         ValueError: ``capacity`` < 1.
     """
 
-    def __init__(self, capacity: int, name: str = "adapter") -> None:
+    def __init__(self, capacity: int, name: str = "value") -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
@@ -96,7 +96,7 @@ class LRUCache(Generic[V]):
         """The value for ``key``, calling ``loader()`` on a miss and evicting LRU entries.
 
         Args:
-            key: cache key (an adapter id).
+            key: cache key (an adapter or model id).
             loader: builds the value; runs outside the dictionary lock, under the load lock.
 
         Returns:

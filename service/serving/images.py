@@ -24,7 +24,7 @@ Framing (what MNIST did to NIST's scans, LeCun et al. 1998):
    a 28 x 28 field so that its centre of mass lands on pixel (14, 14) -- where the centre of
    mass of MNIST's test digits sits on average (13.99, 14.01).
 
-Errors are :class:`service.errors.ApiError` (4xx, never 5xx): ``empty_file`` (422),
+Errors are :class:`service.core.errors.ApiError` (4xx, never 5xx): ``empty_file`` (422),
 ``unsupported_image`` (415, not one of the allowed formats, whatever the declared content
 type), ``image_too_large`` (413, declared pixel count over the limit, decompression bombs
 included), ``invalid_image`` (422, truncated or corrupt data), ``invalid_pixels`` (422).

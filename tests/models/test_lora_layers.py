@@ -18,7 +18,7 @@ from models.lora import (
     lora_state_dict,
     merge_and_unload,
 )
-from models.multi_lora import forward_with_adapters
+from models.multi_lora import enable_multi_lora, forward_with_adapters
 from tests.models.conftest import random_adapter
 
 
@@ -151,3 +151,12 @@ def test_lora_config_peft_dict_round_trip():
 def test_lora_config_rejects_bad_peft_dicts(change):
     with pytest.raises(ValueError):
         LoraConfig.from_peft_dict({**LoraConfig().to_peft_dict(), **change})
+
+
+def test_forward_with_adapters_leaves_the_callers_modes_alone(small_model):
+    small_model.train()
+    flags = {name: m.training for name, m in small_model.named_modules()}
+    forward_with_adapters(small_model, torch.randn(2, 784), [None, None])
+    assert {name: m.training for name, m in small_model.named_modules()} == flags
+    served = enable_multi_lora(copy.deepcopy(small_model).eval())
+    assert not any(m.training for m in served.modules())  # wrappers take the network's mode

@@ -1,4 +1,4 @@
-"""Image decoding and MNIST framing (service/images.py): every mode, every bad file."""
+"""Image decoding and MNIST framing (service/serving/images.py): every mode, every bad file."""
 
 from __future__ import annotations
 

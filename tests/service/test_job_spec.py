@@ -4,10 +4,12 @@ spec field reaches the models/ configs, and stored rows parse back into the same
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import pytest
 
 from models.classifier import MLPConfig
+from models.data import load_digit_splits
 from models.lora import LoraConfig
 from models.training import TrainConfig
 from service.core.job_spec import (
@@ -34,6 +36,14 @@ def test_models_defaults_agree_with_the_spec() -> None:
     defaults = _defaults(TrainConfig)
     assert "lr_schedule" not in defaults  # required: the spec and round one's loop differed
     assert defaults == {k: getattr(train, k) for k in defaults}
+
+
+def test_data_loading_defaults_agree_with_the_spec() -> None:
+    params = inspect.signature(load_digit_splits).parameters
+    pre = PretrainSpec()
+    assert list(params["classes"].default) == pre.classes
+    assert params["val_fraction"].default == pre.val_fraction
+    assert params["seed"].default == pre.seed
 
 
 def test_every_spec_field_reaches_the_models_configs() -> None:

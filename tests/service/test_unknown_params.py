@@ -26,7 +26,7 @@ from tests.security.conftest import _post_adapter
 
 # The /predict and /adapters fixtures, shared with tests/predict and tests/security
 artifacts = predict_fixtures.artifacts
-registry = predict_fixtures.registry
+registered = predict_fixtures.registered
 make_app = predict_fixtures.make_app
 predict_client = predict_fixtures.predict_client
 peft_pair = security_fixtures.peft_pair
