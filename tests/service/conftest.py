@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,27 +21,36 @@ def _postgres_up() -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """URL of a fresh, migrated Postgres database ``lora_test_<hex>``; dropped at the end."""
+@contextmanager
+def empty_postgres_database(prefix: str) -> Iterator[str]:
+    """A new, empty Postgres database ``<prefix>_<hex>`` (its URL), dropped afterwards;
+    skips the test when Postgres is not running."""
     if not _postgres_up():
         pytest.skip("Postgres is not running on 127.0.0.1:5432")
     import psycopg
 
     from service.db.engine import get_engine
-    from service.db.migrations import upgrade
 
-    name = f"lora_test_{secrets.token_hex(6)}"
+    name = f"{prefix}_{secrets.token_hex(6)}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     try:
-        upgrade(url)
         yield url
     finally:
         get_engine(url).dispose()
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a fresh, migrated Postgres database ``lora_test_<hex>``; dropped at the end."""
+    from service.db.migrations import upgrade
+
+    with empty_postgres_database("lora_test") as url:
+        upgrade(url)
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -67,19 +77,5 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'round_one.db'}"
         return
-    if not _postgres_up():
-        pytest.skip("Postgres is not running on 127.0.0.1:5432")
-    import psycopg
-
-    from service.db.engine import get_engine
-
-    name = f"lora_mig_{secrets.token_hex(6)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    try:
+    with empty_postgres_database("lora_mig") as url:
         yield url
-    finally:
-        get_engine(url).dispose()
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
