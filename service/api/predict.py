@@ -26,7 +26,7 @@ from typing import Annotated, Any
 
 import anyio
 import numpy as np
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
@@ -45,22 +45,22 @@ router = APIRouter(prefix="/predict", tags=["predict"], route_class=StrictRoute)
 MAX_JSON_IMAGES = 256  # schema bound; settings.predict_max_images is the effective limit
 _FORM_FIELDS = frozenset({"file", "model_id", "adapter_id"})
 
-ModelIdQuery = Annotated[
-    str | None,
-    Query(
-        max_length=MAX_ID_LENGTH,
-        description="Base model, as in the body (default: the newest pre-trained one). "
-        "Given in both places, the values must agree.",
-    ),
+_QUERY_PARAMETERS = [
+    {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "maxLength": MAX_ID_LENGTH},
+        "description": f"{what}, as in the body. Given in both places, the values must agree.",
+    }
+    for name, what in (
+        ("model_id", "Base model (default: the newest pre-trained one)"),
+        ("adapter_id", "LoRA adapter of that model (default: none)"),
+    )
 ]
-AdapterIdQuery = Annotated[
-    str | None,
-    Query(
-        max_length=MAX_ID_LENGTH,
-        description="LoRA adapter of that model, as in the body (default: none). Given in "
-        "both places, the values must agree.",
-    ),
-]
+"""Declared in the OpenAPI operation rather than as FastAPI ``Query`` parameters: solving
+them cost ~12 % of ``/predict``'s throughput (benchmarks/bench_predict.py). StrictRoute
+accepts what the operation documents (:func:`service.api.strict.documented_query_names`)."""
 
 # strict: JSON numbers only (no booleans or numeric strings); ints are accepted as floats
 Pixel = Annotated[float, Field(ge=0, le=255, allow_inf_nan=False, strict=True)]
@@ -177,7 +177,7 @@ _REQUEST_BODY = {
     "",
     response_model=PredictionOut | PredictionBatchOut,
     summary="Predict digits with a base model and an optional LoRA adapter",
-    openapi_extra=_REQUEST_BODY,
+    openapi_extra={**_REQUEST_BODY, "parameters": _QUERY_PARAMETERS},
     responses={
         409: {"model": ErrorResponse, "description": "The adapter belongs to another model."},
         413: {"model": ErrorResponse, "description": "Body or image over the size limits."},
@@ -185,17 +185,16 @@ _REQUEST_BODY = {
         503: {"model": ErrorResponse, "description": "Artifact unreadable, or shutting down."},
     },
 )
-async def predict(
-    request: Request, model_id: ModelIdQuery = None, adapter_id: AdapterIdQuery = None
-) -> Response:
+async def predict(request: Request) -> Response:
     """Predict the digit of one or several images (multipart ``file`` or JSON ``pixels``).
 
     ``model_id``/``adapter_id`` come from the body or the query string (see the module).
     """
     settings: Settings = request.app.state.settings
     images, body_model_id, body_adapter_id, batch = await read_predict_request(request, settings)
-    model_id = merge_parameter("model_id", model_id, body_model_id)
-    adapter_id = merge_parameter("adapter_id", adapter_id, body_adapter_id)
+    query = request.query_params
+    model_id = merge_parameter("model_id", query.get("model_id"), body_model_id)
+    adapter_id = merge_parameter("adapter_id", query.get("adapter_id"), body_adapter_id)
     predictor = get_predictor(request)
     predictions = await predictor.predict(to_model_input(images), model_id, adapter_id)
     doc = {"predictions": [p.__dict__ for p in predictions]} if batch else predictions[0].__dict__
@@ -219,13 +218,14 @@ async def stats(request: Request) -> dict[str, Any]:
 def merge_parameter(name: str, from_query: str | None, from_body: str | None) -> str | None:
     """One value of ``name`` from the query string and the body (either may be absent).
 
-    A blank query value counts as absent, as in the form.
+    The query value is checked as a form field is (a string of at most ``MAX_ID_LENGTH``
+    characters; blank counts as absent).
 
     Raises:
         ApiError: 422 ``conflicting_parameter`` (``param`` = ``name``) when both give a
-            value and they differ.
+            value and they differ; 422 ``validation_error`` for a query value too long.
     """
-    query_value = (from_query.strip() or None) if from_query is not None else None
+    query_value = _text_field(from_query, name)
     if query_value is None:
         return from_body
     if from_body is not None and from_body != query_value:

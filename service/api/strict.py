@@ -123,6 +123,13 @@ def declared_parameters(dependant: Dependant) -> tuple[frozenset[str], frozenset
     return frozenset(query), (frozenset(form) if has_form else None)
 
 
+def documented_query_names(openapi_extra: dict[str, Any] | None) -> frozenset[str]:
+    """Query parameters a route documents in ``openapi_extra["parameters"]`` (for a route
+    that reads them itself instead of declaring FastAPI ``Query`` parameters)."""
+    documented = (openapi_extra or {}).get("parameters", ())
+    return frozenset(p["name"] for p in documented if p.get("in") == "query")
+
+
 def _is_form(request: Request) -> bool:
     content_type = request.headers.get("content-type", "")
     return content_type.split(";", 1)[0].strip().lower() in FORM_CONTENT_TYPES
@@ -148,6 +155,7 @@ class StrictRoute(APIRoute):
         """The route's handler, preceded by the unknown-parameter check."""
         handler = super().get_route_handler()
         query_names, form_names = declared_parameters(self.dependant)
+        query_names |= documented_query_names(self.openapi_extra)
 
         async def strict_handler(request: Request) -> Response:
             if request.scope.get("query_string"):
