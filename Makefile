@@ -32,7 +32,7 @@ test: install  ## the whole suite (real worker processes, Redis and Postgres on 
 	$(BIN)/python -m pytest -q -ra
 
 lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python benchmarks/bench_training.py

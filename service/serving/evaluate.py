@@ -124,7 +124,7 @@ def predict_chunk(plan: EvaluationPlan, x: torch.Tensor) -> torch.Tensor:
     return BatchExecutor.forward(plan.base, x, [plan.weights] * len(x)).argmax(dim=1)
 
 
-def test_images(settings: Settings, digits: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def mnist_test_images(settings: Settings, digits: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The normalised test images (n, 784) of ``digits`` and their digits (n,).
 
     Raises:

@@ -46,10 +46,10 @@ from service.core.settings import Settings
 from service.serving.evaluate import (
     EVAL_BATCH,
     Evaluation,
+    mnist_test_images,
     plan_evaluation,
     predict_chunk,
     score,
-    test_images,
 )
 from service.serving.executor import BatchExecutor, BatchItem, Prediction
 
@@ -213,7 +213,7 @@ class Predictor:
                 classes=classes,
             ),
         )
-        x, y = await asyncio.to_thread(test_images, self.settings, plan.test_digits)
+        x, y = await asyncio.to_thread(mnist_test_images, self.settings, plan.test_digits)
         chunks = [
             await loop.run_in_executor(self._thread, predict_chunk, plan, chunk)
             for chunk in x.split(EVAL_BATCH)
