@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from fastapi import APIRouter, Request
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from service.api.deps import get_predictor
 from service.api.errors import ErrorResponse
 from service.api.strict import StrictRoute
-from service.core.vocab import MAX_ID_LENGTH, DigitList
+from service.core.vocab import MAX_ID_LENGTH, DigitList, refuse_both_names
 
 router = APIRouter(tags=["evaluate"], route_class=StrictRoute)
 
@@ -43,6 +43,12 @@ class EvaluateRequest(BaseModel):
         "(e.g. a model fine-tuned on 5-9 read through its parent's 0-4 head: the seed "
         "notebook's measure of forgetting; `head_classes` is accepted as the old name).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name_each(cls, data: object) -> object:
+        refuse_both_names(data, {"test_digits": "digits", "classes": "head_classes"})
+        return data
 
 
 class EvaluateResponse(BaseModel):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -323,7 +322,6 @@ def _fill_defaults(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``lora-service compare``; returns the process exit code."""
     _fill_defaults(args)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = get_settings()
     client = Client(args.url or settings.api_url, settings.api_key)
     client.wait_healthy(30)

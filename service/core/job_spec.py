@@ -45,7 +45,7 @@ from pydantic_core import InitErrorDetails
 from models.classifier import LINEAR_NAMES, MLPConfig, linear_shapes
 from models.lora import LoraConfig
 from models.training import LR_SCHEDULES, TrainConfig
-from service.core.vocab import JOB_KINDS, MAX_ID_LENGTH, DigitList, JobKind
+from service.core.vocab import JOB_KINDS, MAX_ID_LENGTH, DigitList, JobKind, refuse_both_names
 
 MAX_EPOCHS = 500
 MAX_HIDDEN = 8192
@@ -124,6 +124,12 @@ class JobSpec(BaseModel):
         "its seeded shuffle); null = all. Validation and test sets are never cut. For quick "
         "runs, smoke tests and demos.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name_each(cls, data: object) -> object:
+        refuse_both_names(data, {"classes": "digits"})
+        return data
 
     def train_config(self) -> TrainConfig:
         """The optimisation settings for ``models.training.train``."""

@@ -37,6 +37,21 @@ LEGACY_MODEL_KINDS: dict[str, ModelKind] = {
 """Round one's model kinds -> today's (rows were renamed by migration 0002; requests that
 still say ``?kind=pretrained`` are answered as ``pretrain``)."""
 
+
+def refuse_both_names(data: object, renamed: dict[str, str]) -> None:
+    """For a request body that may use round one's names: refuse one giving a field under
+    both its name and its old name (``renamed`` maps name -> old name).
+
+    Raises:
+        ValueError: with a message naming both (pydantic reports it for the object).
+    """
+    if not isinstance(data, dict):
+        return
+    for name, old in renamed.items():
+        if name in data and old in data:
+            raise ValueError(f"give {name} or its old name {old}, not both")
+
+
 JOB_PREFIX = "job"
 MODEL_PREFIX = "mdl"
 ADAPTER_PREFIX = "adp"

@@ -93,3 +93,16 @@ def test_check_against_base_names_the_field() -> None:
     with pytest.raises(SpecMismatch) as err:
         FinetuneFullSpec(classes=[5, 6]).check_against_base(base)
     assert err.value.param == "config.classes"
+
+
+def test_both_names_are_refused_with_a_message_naming_both(client) -> None:
+    body = {"kind": "pretrain", "config": {"digits": [0, 1], "classes": [0, 1]}}
+    resp = client.post("/jobs", json=body)
+    assert resp.status_code == 422, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "validation_error" and error["param"] == "config"
+    assert "give classes or its old name digits, not both" in error["message"]
+    resp = client.post(
+        "/evaluate", json={"model_id": "m", "classes": [0, 1], "head_classes": [0, 1]}
+    )
+    assert resp.status_code == 422 and "head_classes, not both" in resp.json()["error"]["message"]
