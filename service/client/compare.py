@@ -120,30 +120,21 @@ def _seconds(job: dict) -> float:
     return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
-def run_comparison(client: Client, args: argparse.Namespace) -> tuple[dict, list[Row]]:
-    """Submit every job, wait, evaluate, and return (pretrain summary, table rows)."""
-    limit = {"max_train_samples": args.max_train_samples} if args.max_train_samples else {}
-    pre_cfg = {
-        "classes": PRETRAIN_CLASSES,
-        "epochs": args.pretrain_epochs,
-        "seed": args.seed,
-        **limit,
-    }
-    pre = client.submit("pretrain", pre_cfg)
-    console.print(f"pretrain job {pre['id']} submitted")
-    pre_final = watch(client, {"pretrain 0-4": pre["id"]})["pretrain 0-4"]
-    base_id = pre_final["result"]["model_id"]
-    base = client.get(f"/models/{base_id}")
-    base_params = int(base["n_parameters"])
-    base_classes = list(base["classes"])
+Variant = tuple[str, int | None, float]  # (method, rank, learning rate)
 
+
+def _submit_finetunes(
+    client: Client, args: argparse.Namespace, base_id: str, limit: dict[str, Any]
+) -> tuple[dict[str, str], dict[str, Variant]]:
+    """Submit the full fine-tunes and the LoRA fine-tunes; returns label -> job id and
+    label -> variant."""
     jobs: dict[str, str] = {}
-    configs: dict[str, tuple[str, int | None, float]] = {}
+    variants: dict[str, Variant] = {}
     ft = {"classes": FINETUNE_CLASSES, "epochs": args.finetune_epochs, "seed": args.seed, **limit}
     for lr in FULL_LRS:
         label = f"full lr={lr:g}"
         jobs[label] = client.submit("finetune_full", {**ft, "lr": lr}, base_id)["id"]
-        configs[label] = ("full", None, lr)
+        variants[label] = ("full", None, lr)
     for r in args.ranks:
         label = f"lora r={r}"
         overrides = {
@@ -153,45 +144,56 @@ def run_comparison(client: Client, args: argparse.Namespace) -> tuple[dict, list
         spec = {**ft, "r": r, **{k: v for k, v in overrides.items() if v is not None}}
         job = client.submit("finetune_lora", spec, base_id)
         jobs[label] = job["id"]
-        configs[label] = ("lora", r, job["config"]["lr"])
-    finals = watch(client, jobs)
+        variants[label] = ("lora", r, job["config"]["lr"])
+    return jobs, variants
 
-    rows: list[Row] = []
-    for label, job in finals.items():
-        method, rank, lr = configs[label]
-        result = job["result"]
-        if method == "full":
-            model_id, adapter_id = result["model_id"], None
-            trainable = base_params
-            # The fine-tuned weights read through the base's 0-4 head: what full fine-tuning
-            # left of the old task (the seed notebook's measure of forgetting).
-            served = client.evaluate(
-                model_id=model_id, test_digits=base_classes, classes=base_classes
-            )
-        else:
-            model_id, adapter_id = base_id, result["adapter_id"]
-            trainable = int(client.get(f"/adapters/{adapter_id}")["trainable_parameters"])
-            # The base as served with no adapter: LoRA never touched it.
-            served = client.evaluate(model_id=base_id, test_digits=base_classes)
-        rows.append(
-            Row(
-                method=method,
-                rank=rank,
-                learning_rate=lr,
-                trainable_parameters=trainable,
-                trainable_percent=100.0 * trainable / base_params,
-                test_accuracy_5_9=float(result["test_accuracy"]),
-                served_accuracy_0_4=float(served["accuracy"]),
-                train_seconds=_seconds(job),
-                job_id=job["id"],
-                model_id=model_id,
-                adapter_id=adapter_id,
-            )
-        )
+
+def _row(client: Client, variant: Variant, job: dict, base: dict) -> Row:
+    """One table line: the job's result, its trainable parameters and 0-4 as served."""
+    method, rank, lr = variant
+    result, base_classes = job["result"], list(base["classes"])
+    base_params = int(base["n_parameters"])
+    if method == "full":
+        model_id, adapter_id = result["model_id"], None
+        trainable = base_params
+        # The fine-tuned weights read through the base's 0-4 head: what full fine-tuning
+        # left of the old task (the seed notebook's measure of forgetting).
+        served = client.evaluate(model_id=model_id, test_digits=base_classes, classes=base_classes)
+    else:
+        model_id, adapter_id = base["id"], result["adapter_id"]
+        trainable = int(client.get(f"/adapters/{adapter_id}")["trainable_parameters"])
+        # The base as served with no adapter: LoRA never touched it.
+        served = client.evaluate(model_id=base["id"], test_digits=base_classes)
+    return Row(
+        method=method,
+        rank=rank,
+        learning_rate=lr,
+        trainable_parameters=trainable,
+        trainable_percent=100.0 * trainable / base_params,
+        test_accuracy_5_9=float(result["test_accuracy"]),
+        served_accuracy_0_4=float(served["accuracy"]),
+        train_seconds=_seconds(job),
+        job_id=job["id"],
+        model_id=model_id,
+        adapter_id=adapter_id,
+    )
+
+
+def run_comparison(client: Client, args: argparse.Namespace) -> tuple[dict, list[Row]]:
+    """Submit every job, wait, evaluate, and return (pretrain summary, table rows)."""
+    limit = {"max_train_samples": args.max_train_samples} if args.max_train_samples else {}
+    pre_cfg = {"classes": PRETRAIN_CLASSES, "epochs": args.pretrain_epochs, "seed": args.seed}
+    pre = client.submit("pretrain", {**pre_cfg, **limit})
+    console.print(f"pretrain job {pre['id']} submitted")
+    pre_final = watch(client, {"pretrain 0-4": pre["id"]})["pretrain 0-4"]
+    base = client.get(f"/models/{pre_final['result']['model_id']}")
+    jobs, variants = _submit_finetunes(client, args, base["id"], limit)
+    finals = watch(client, jobs)
+    rows = [_row(client, variants[label], job, base) for label, job in finals.items()]
     pretrain = {
         "job_id": pre_final["id"],
-        "model_id": base_id,
-        "parameters": base_params,
+        "model_id": base["id"],
+        "parameters": int(base["n_parameters"]),
         "test_accuracy_0_4": float(pre_final["result"]["test_accuracy"]),
         "train_seconds": _seconds(pre_final),
     }
