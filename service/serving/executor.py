@@ -28,9 +28,9 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -47,6 +47,7 @@ from service.serving import invalidation
 from service.serving.cache import LRUCache
 
 log = logging.getLogger(__name__)
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -175,11 +176,6 @@ class BatchExecutor:
         Raises:
             ApiError: 503 ``artifact_unavailable`` when its files cannot be loaded.
         """
-        cached = self.models.get(r.model_id)
-        if cached is not None and cached.path == r.model_path:
-            return cached
-        if cached is not None:
-            self.forget("model", r.model_id, "record changed")
 
         def load() -> LoadedModel:
             try:
@@ -197,7 +193,9 @@ class BatchExecutor:
             _freeze_heap()
             return loaded
 
-        return self.models.get_or_load(r.model_id, load)
+        return self._cached(
+            "model", self.models, r.model_id, lambda m: m.path == r.model_path, load
+        )
 
     def adapter(self, r: Resolved, base: LoadedModel) -> LoadedAdapter | None:
         """The adapter of ``r`` (None when it has none) from the cache, loaded on a miss.
@@ -208,11 +206,6 @@ class BatchExecutor:
         if r.adapter is None:
             return None
         adapter_id, path, classes = r.adapter
-        cached = self.adapters.get(adapter_id)
-        if cached is not None and (cached.path, cached.base_model_id) == (path, base.model_id):
-            return cached
-        if cached is not None:
-            self.forget("adapter", adapter_id, "record changed")
 
         def load() -> LoadedAdapter:
             try:
@@ -227,7 +220,30 @@ class BatchExecutor:
                 raise artifact_unavailable("adapter", adapter_id, why)
             return LoadedAdapter(adapter_id, base.model_id, path, weights, classes)
 
-        return self.adapters.get_or_load(adapter_id, load)
+        return self._cached(
+            "adapter",
+            self.adapters,
+            adapter_id,
+            lambda a: (a.path, a.base_model_id) == (path, base.model_id),
+            load,
+        )
+
+    def _cached(
+        self,
+        kind: str,
+        cache: LRUCache[V],
+        key: str,
+        current: Callable[[V], bool],
+        load: Callable[[], V],
+    ) -> V:
+        """``cache``'s value for ``key`` when ``current`` says it still matches its record;
+        else the stale one is forgotten and ``load()`` runs (once, under the cache's lock)."""
+        cached = cache.get(key)
+        if cached is not None and current(cached):
+            return cached
+        if cached is not None:
+            self.forget(kind, key, "record changed")
+        return cache.get_or_load(key, load)
 
     @staticmethod
     def forward(base: LoadedModel, x: torch.Tensor, per_sample: Sequence[Any]) -> torch.Tensor:
