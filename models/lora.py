@@ -13,7 +13,8 @@ Fine-Tuning with LoRA"). Names follow huggingface/peft (``base_layer``, ``lora_A
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,6 +200,7 @@ class LoraLinear(nn.Module):
         )
         self.lora_dropout: nn.Module = Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.merged = False
+        self.disabled = False  # see disable_adapters
         for p in self.base_layer.parameters():
             p.requires_grad_(False)
         self.reset_lora_parameters()
@@ -228,7 +230,7 @@ class LoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
-        if self.merged:
+        if self.merged or self.disabled:
             return out
         h = self.lora_A(self.lora_dropout(x))
         if out.dim() == 2:  # one fused out + scaling * h @ B^T
@@ -241,6 +243,27 @@ def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
     return {
         name: m for name in LINEAR_NAMES if isinstance(m := getattr(model, name, None), LoraLinear)
     }
+
+
+@contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, ``model``'s LoRA layers compute ``base_layer(x)`` alone: the base
+    as it is served without the adapter (peft's ``disable_adapter()``). Not for merged
+    layers (their base weight holds the update).
+
+    Raises:
+        ValueError: a layer is merged.
+    """
+    layers = list(lora_layers(model).values())
+    if any(layer.merged for layer in layers):
+        raise ValueError("cannot disable merged LoRA layers; unmerge first")
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.disabled = False
 
 
 def inject_lora(model: MLP, config: LoraConfig) -> MLP:
@@ -367,12 +390,26 @@ def apply_adapter(model: MLP, adapter: AdapterWeights) -> MLP:
     if lora_layers(model):
         raise ValueError("model already has LoRA layers")
     inject_lora(model, adapter.config)
+    return set_adapter_weights(model, adapter)
+
+
+def set_adapter_weights(model: nn.Module, adapter: AdapterWeights) -> nn.Module:
+    """Copy ``adapter``'s matrices into ``model``'s LoRA layers (injected with the same
+    config), in place; returns ``model``. Used to go back to a kept epoch's adapter.
+
+    Raises:
+        ValueError: the layers differ from ``adapter.config.target_modules`` or a matrix
+            does not fit its layer.
+    """
+    layers = lora_layers(model)
+    if set(layers) != set(adapter.A):
+        raise ValueError(f"LoRA layers {sorted(layers)} != adapter modules {sorted(adapter.A)}")
     with torch.no_grad():
-        for name, layer in lora_layers(model).items():
+        for name, layer in layers.items():
             for mod, src in ((layer.lora_A, adapter.A[name]), (layer.lora_B, adapter.B[name])):
                 if mod.weight.shape != src.shape:
                     raise ValueError(
                         f"{name}: shape {tuple(src.shape)} != {tuple(mod.weight.shape)}"
                     )
-                mod.weight.copy_(src)
+                mod.weight.copy_(src.to(mod.weight.device))
     return model

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,69 @@ from models.data import DigitSplits
 
 EVAL_BATCH_SIZE = 8192
 LR_SCHEDULES = ("constant", "cosine")
+WATCHED_METRICS = ("val_loss", "val_accuracy")
+"""Metrics early stopping and checkpoint selection may watch: lower val_loss is better,
+higher val_accuracy is better."""
+
+
+def improves(metric: str, value: float, best: float, min_delta: float = 0.0) -> bool:
+    """Whether ``value`` of ``metric`` beats ``best`` by more than ``min_delta``."""
+    if metric == "val_loss":
+        return value < best - min_delta
+    return value > best + min_delta
+
+
+def best_epoch(history: list[EpochMetrics], metric: str = "val_loss") -> int | None:
+    """The epoch with the best ``metric`` (the earliest on ties); None for no history.
+    NaN values never win."""
+    best: EpochMetrics | None = None
+    for h in history:
+        value = getattr(h, metric)
+        if math.isnan(value):
+            continue
+        if best is None or improves(metric, value, getattr(best, metric)):
+            best = h
+    return best.epoch if best is not None else None
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop when ``metric`` has not improved by more than ``min_delta`` for ``patience``
+    epochs in a row (the rule of Keras' and Lightning's ``EarlyStopping``).
+
+    Attributes:
+        patience: epochs without improvement tolerated, >= 1.
+        min_delta: smallest change that counts as an improvement (nats for val_loss,
+            fraction for val_accuracy), >= 0.
+        metric: ``val_loss`` (lower is better) or ``val_accuracy`` (higher is better).
+    """
+
+    patience: int
+    min_delta: float = 0.0
+    metric: str = "val_loss"
+
+    def __post_init__(self) -> None:
+        if self.patience < 1 or self.min_delta < 0 or self.metric not in WATCHED_METRICS:
+            raise ValueError(f"patience >= 1, min_delta >= 0, metric in {WATCHED_METRICS}")
+
+    def reason(self, history: list[EpochMetrics]) -> str | None:
+        """Why to stop after the last epoch of ``history``, or None to go on. Depends on
+        the history alone, so a resumed run decides as the first would have."""
+        best, since = None, 0
+        for h in history:
+            value = getattr(h, self.metric)
+            if math.isnan(value):
+                since += 1
+            elif best is None or improves(self.metric, value, best, self.min_delta):
+                best, since = value, 0
+            else:
+                since += 1
+        if since < self.patience:
+            return None
+        return (
+            f"early stop at epoch {history[-1].epoch}: {self.metric} has not improved by "
+            f"{self.min_delta:g} for {since} epochs"
+        )
 
 
 @dataclass(kw_only=True)
@@ -109,6 +173,8 @@ class TrainResult:
     per_digit_errors: dict[int, int] | None
     history: list[EpochMetrics] = field(default_factory=list)
     train_seconds: float = 0.0
+    stopped_early: str | None = None
+    """Why training ended before ``config.epochs`` (early stopping), if it did."""
 
 
 def pick_device() -> torch.device:
@@ -224,6 +290,33 @@ def per_digit_errors(
     return {digit: int(counts[i]) for i, digit in enumerate(classes)}
 
 
+def test_figures(model: nn.Module, splits: DigitSplits) -> tuple[float, float, dict[int, int]]:
+    """(mean test cross-entropy in nats, test accuracy in [0, 1], errors per digit) of
+    ``model`` on ``splits``' test split (on the device the split is on)."""
+    test_loss, test_accuracy, pred = evaluate(model, splits.test_x, splits.test_y)
+    return test_loss, test_accuracy, per_digit_errors(splits.classes, pred, splits.test_y)
+
+
+def base_digits_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Accuracy (in [0, 1]) on the base model's digits "as served": the one definition of
+    what a fine-tune forgot, used per epoch by the worker and, on the test split, by the
+    comparison (``POST /evaluate``) and sweeps.
+
+    * A plain MLP (a full fine-tune): the network itself, its head read through the base's
+      classes (output ``i`` = the base's ``classes[i]``), as the seed notebook measures it.
+    * A LoRA-injected MLP: the base with the adapter switched off (what serving the base
+      model alone answers); unchanged by training, by construction.
+
+    Args:
+        x: (N, 784) normalised images of the base's digits; y: (N,) indices into the
+            base's classes.
+    """
+    from models.lora import disable_adapters, lora_layers
+
+    with disable_adapters(model) if lora_layers(model) else nullcontext():
+        return evaluate(model, x, y)[1]
+
+
 def train(
     model: nn.Module,
     splits: DigitSplits,
@@ -233,6 +326,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     checkpoint_path: str | Path | None = None,
     device: torch.device | str | None = None,
+    early_stopping: EarlyStopping | None = None,
 ) -> TrainResult:
     """Train every parameter of ``model`` that requires grad with Adam, then test.
 
@@ -250,9 +344,12 @@ def train(
         checkpoint_path: resume from this file when it exists; rewritten atomically after
             every epoch. History of earlier epochs is restored from it.
         device: where to train.
+        early_stopping: end the run (not cancelled: it is tested) once its rule says so,
+            checked after each epoch's ``on_epoch``; the reason is ``stopped_early``.
 
     Returns:
-        A :class:`TrainResult`; test fields are None when cancelled.
+        A :class:`TrainResult` of the last epoch's weights; test fields are None when
+        cancelled.
 
     Raises:
         ValueError: no trainable parameters or an empty train split.
@@ -281,7 +378,12 @@ def train(
 
     n_train = data.train_x.shape[0]
     cancelled = False
+    stopped_early = None
+    if early_stopping is not None and history and history[-1].epoch < config.epochs:
+        stopped_early = early_stopping.reason(history)  # a resumed run that had stopped
     for epoch in range(start_epoch + 1, config.epochs + 1):
+        if stopped_early:
+            break
         t0 = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = config.epoch_lr(epoch)
@@ -309,19 +411,22 @@ def train(
         if on_epoch is not None and on_epoch(metrics):
             cancelled = True
             break
+        if early_stopping is not None and epoch < config.epochs:
+            stopped_early = early_stopping.reason(history)
 
     epochs_completed = history[-1].epoch if history else start_epoch
     if cancelled:
         return TrainResult(
             epochs_completed, True, None, None, None, history, time.perf_counter() - started
         )
-    test_loss, test_accuracy, pred = evaluate(model, data.test_x, data.test_y)
+    test_loss, test_accuracy, errors = test_figures(model, data)
     return TrainResult(
         epochs_completed=epochs_completed,
         cancelled=False,
         test_accuracy=test_accuracy,
         test_loss=test_loss,
-        per_digit_errors=per_digit_errors(splits.classes, pred, splits.test_y),
+        per_digit_errors=errors,
         history=history,
         train_seconds=time.perf_counter() - started,
+        stopped_early=stopped_early,
     )

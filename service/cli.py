@@ -6,6 +6,10 @@
     lora-service dev          migrate, then API + one worker together; Ctrl-C stops both
     lora-service compare      full fine-tune vs LoRA through the API (service/client/compare.py)
     lora-service demo         the embedded stack up, ``compare`` on it, the stack down
+    lora-service jobs         submit | list | show | cancel | watch | events | checkpoints | publish
+    lora-service models       list | show
+    lora-service adapters     list | show | import | download | delete
+    lora-service predict      the digit in image files (service/client/commands.py: all four)
 
 Every setting comes from the environment (see ``service/core/settings.py``). This module
 sits above every package: it starts processes and may import any of them. ``api`` and
@@ -23,7 +27,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from service.client import compare, demo
+from service.client import commands, compare, demo
 from service.core.settings import Settings, get_settings
 
 EXIT_NOT_MIGRATED = 2
@@ -163,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     dem = sub.add_parser("demo", help="start the embedded stack and run `compare` on it")
     compare.add_arguments(dem)
     dem.set_defaults(func=demo.demo)
+    commands.add_commands(sub)
     return parser
 
 

@@ -95,3 +95,32 @@ def load_data(settings: Settings, spec: JobSpec) -> Any:
         n = spec.max_train_samples
         splits.train_x, splits.train_y = splits.train_x[:n], splits.train_y[:n]
     return splits
+
+
+def load_base_digits(
+    settings: Settings, factory: sessionmaker[Session], job: JobRecord, spec: JobSpec
+) -> Any:
+    """For a fine-tune: the validation split of its base model's digits (same seed and
+    ``val_fraction`` as the job), labels indexing the base's classes; None for pre-training.
+
+    Raises:
+        JobFailure: ``base_model_missing``; ``data_unavailable``.
+    """
+    from models.data import load_digit_splits
+
+    if isinstance(spec, PretrainSpec):
+        return None
+    with factory() as session:
+        base = model_records.get_model(session, job.base_model_id or "")
+    if base is None:
+        raise JobFailure("base_model_missing", f"Base model {job.base_model_id} is not registered.")
+    try:
+        return load_digit_splits(
+            settings.data_dir,
+            classes=list(base.classes),
+            val_fraction=spec.val_fraction,
+            seed=spec.seed,
+            download=settings.mnist_download,
+        )
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise JobFailure("data_unavailable", f"MNIST unavailable: {exc}") from exc

@@ -11,18 +11,28 @@ run a job in-process. The steps:
    ``HEARTBEAT_SECONDS`` and fences this worker if renewals stop succeeding.
 3. Parse the stored spec back into its type (:func:`job_spec_of`); build from it the data
    subset and the network (a fresh MLP, a copy of the base model, or the base with LoRA
-   injected), then ``models.training.train`` with a per-epoch callback that
-   upserts the epoch's metrics and progress, and a ``should_stop`` that asks the database
-   for ``cancel_requested`` at most every ``CANCEL_POLL_SECONDS``. The resumable training
-   state goes to ``{artifact_dir}/checkpoints/{job_id}/`` after every epoch; a later
-   attempt resumes from it (weights, optimizer, RNG), re-recording the metrics of the
-   epochs it holds (upserts: still one row per epoch and name).
-4. Success: write the model (``{artifact_dir}/models/{id}/``) or the PEFT adapter
+   injected), then ``models.training.train`` with a per-epoch callback and a
+   ``should_stop`` that asks the database for ``cancel_requested`` at most every
+   ``CANCEL_POLL_SECONDS``. After every epoch the callback measures, for fine-tunes, the
+   accuracy on the base's digits as served (``base_val_accuracy``, see
+   ``models.training.base_digits_accuracy``), writes the epoch's weights as a kept
+   checkpoint (:mod:`worker.checkpoints`), and records in one transaction the epoch's
+   metrics, its ``metrics`` and ``checkpoint`` events, the checkpoint's record and the
+   progress; then drops checkpoints beyond the last ``keep_checkpoints`` plus the best.
+   The resumable training state goes to ``{artifact_dir}/checkpoints/{job_id}/`` after
+   every epoch; a later attempt resumes from it (weights, optimizer, RNG), re-recording
+   the metrics of the epochs it holds (upserts, and events recorded once per fact).
+   ``early_stopping`` ends training once its rule says so (``models.training``).
+4. Success: the epoch named by ``select`` (best by ``select_metric``, or last) becomes
+   the result: when it is not the last, its weights are loaded back and tested. Write the
+   model (``{artifact_dir}/models/{id}/``) or the PEFT adapter
    (``{artifact_dir}/adapters/{id}/``), then in one transaction mark the job ``succeeded``
-   and register the record. Artifact ids derive from the job id (``job_X`` -> ``mdl_X`` /
-   ``adp_X``), so a repeated run rewrites the same files instead of adding new ones.
+   (with its event, an early-stop message, and the webhook's outbox row) and register the
+   record. Artifact ids derive from the job id (``job_X`` -> ``mdl_X`` / ``adp_X``), so a
+   repeated run rewrites the same files instead of adding new ones. Kept checkpoints
+   stay (they can be published later); the resumable state is removed.
 5. Cancelled (at a step boundary or just before registration): nothing is registered, the
-   written files and the checkpoint are removed, the job ends ``cancelled``.
+   written files, checkpoints and their records are removed, the job ends ``cancelled``.
 6. Any exception: ``failed`` with ``{code, message}`` (see :func:`describe_failure`).
 """
 
@@ -52,13 +62,16 @@ from service.core.job_spec import (
 )
 from service.core.settings import Settings, get_settings
 from service.core.vocab import ADAPTER_PREFIX, MODEL_PREFIX, derived_id, model_kind_of
-from service.db import adapter_records, job_records, model_records
+from service.db import adapter_records, checkpoint_records, job_records, model_records
 from service.db.engine import session_factory
 from service.db.retry import retry_locked
 from service.db.tables import JobRecord
-from service.jobs import leases
+from service.jobs import events, leases
 from service.jobs import state as job_state
-from worker.build import JobFailure, build_network, load_data
+from service.jobs.queue import enqueue_job
+from service.jobs.sweeps import plan as sweep_plan
+from worker.build import JobFailure, build_network, load_base_digits, load_data
+from worker.checkpoints import EpochCheckpoints
 from worker.lease import LeaseKeeper, StopCheck, fence_after
 from worker.resume import prepare_resume
 
@@ -187,32 +200,53 @@ def _finish_stopped(run: _Run, reason: str | None) -> str:
         with run.factory() as session:
             done = job_state.finish_cancelled(session, run.job.id, run.worker_id)
         if done:
+            with run.factory() as session:
+                checkpoint_records.delete_checkpoints(session, run.job.id)
+                session.commit()
             remove_tree(checkpoint_dir(run.settings, run.job.id))
         return "cancelled"
     return "lease_lost"
 
 
 def _train_and_publish(run: _Run) -> str:
-    from models.training import pick_device, train
+    from models.training import base_digits_accuracy, pick_device, train
 
     job, stop = run.job, run.stop
     spec = job_spec_of(job)
     splits = load_data(run.settings, spec)
+    device = pick_device()
+    base_digits = load_base_digits(run.settings, run.factory, job, spec)
+    if base_digits is not None:
+        base_digits = base_digits.to(device)
     model = build_network(run.factory, job, spec)
     if stop.poll():
         return _finish_stopped(run, stop.reason)
     checkpoint = checkpoint_file(run.settings, job.id)
     prepare_resume(run.factory, job, run.worker_id, checkpoint)
+    kept = EpochCheckpoints(run.settings, job.id, job.base_model_id, spec)
 
     def on_epoch(metrics: Any) -> bool:
         values = metrics.as_dict()
         epoch = int(values.pop("epoch"))
+        if base_digits is not None:
+            values["base_val_accuracy"] = base_digits_accuracy(
+                model, base_digits.val_x, base_digits.val_y
+            )
+        kept.write(epoch, model)
         with run.factory() as session:
             if not retry_locked(
                 session,
-                lambda: job_state.record_epoch(session, job.id, run.worker_id, epoch, values),
+                lambda: job_state.record_epoch(
+                    session,
+                    job.id,
+                    run.worker_id,
+                    epoch,
+                    values,
+                    also=lambda: kept.record(session, epoch, values),
+                ),
             ):
                 stop.reason = stop.reason or "lease_lost"
+        kept.prune(run.factory)
         log.info("job %s epoch %d/%d done (attempt %d)", job.id, epoch, job.epochs, job.attempt)
         return stop()
 
@@ -223,12 +257,42 @@ def _train_and_publish(run: _Run) -> str:
         on_epoch=on_epoch,
         should_stop=stop,
         checkpoint_path=checkpoint,
-        device=pick_device(),
+        device=device,
+        early_stopping=spec.early_stopping.rule() if spec.early_stopping else None,
     )
     if result.cancelled:
         return _finish_stopped(run, stop.reason or stop.poll())
+    result, selected = _select(kept, spec, model, splits, result)
+    base_test = (  # the base's test digits as served (sweeps report it); one definition
+        None
+        if base_digits is None
+        else base_digits_accuracy(model, base_digits.test_x, base_digits.test_y)
+    )
     model.cpu()
-    return _publish(run, spec, model, result)
+    return _publish(run, spec, model, result, selected, base_test)
+
+
+def _select(kept: EpochCheckpoints, spec: JobSpec, model: Any, splits: Any, result: Any):
+    """The epoch whose weights become the result (``select``), loaded into ``model`` and
+    tested when it is not the last one; returns (result, selected epoch)."""
+    from dataclasses import replace
+
+    from models.training import best_epoch, test_figures
+
+    last = result.epochs_completed
+    chosen = best_epoch(result.history, spec.select_metric) if spec.select == "best" else last
+    if chosen is None or chosen == last:
+        return result, last
+    kept.load_into(model, chosen)
+    test_loss, test_accuracy, errors = test_figures(model, splits.to(_device_of(model)))
+    return (
+        replace(result, test_loss=test_loss, test_accuracy=test_accuracy, per_digit_errors=errors),
+        chosen,
+    )
+
+
+def _device_of(model: Any) -> Any:
+    return next(model.parameters()).device
 
 
 def _write_artifact(run: _Run, spec: JobSpec, model: Any) -> tuple[str, Path]:
@@ -287,8 +351,11 @@ def _register(
         )
 
 
-def _publish(run: _Run, spec: JobSpec, model: Any, result: Any) -> str:
-    """Write the artifact, then mark succeeded + register in one transaction.
+def _publish(
+    run: _Run, spec: JobSpec, model: Any, result: Any, selected: int, base_test: float | None
+) -> str:
+    """Write the artifact, then mark succeeded + register in one transaction (with the
+    early-stop message, when training stopped early).
 
     Writes nothing once the lease is gone; if the job was taken over meanwhile and another
     run registered its artifact (same path, derived from the job id), that is left alone.
@@ -300,12 +367,24 @@ def _publish(run: _Run, spec: JobSpec, model: Any, result: Any) -> str:
         "per_digit_errors": {str(d): n for d, n in (result.per_digit_errors or {}).items()},
         "train_seconds": result.train_seconds,
         "epochs_completed": result.epochs_completed,
+        "selected_epoch": selected,
+        "stopped_early": result.stopped_early,
+        "base_test_accuracy": base_test,
     }
     if stop.poll():
         return _finish_stopped(run, stop.reason)
     artifact_id, directory = artifact = _write_artifact(run, spec, model)
     is_adapter = isinstance(spec, FinetuneLoraSpec)
+    follow_ups: list[str] = []  # a sweep's jobs that this one's success creates
     with run.factory() as session:
+        if result.stopped_early:
+            events.record_message(
+                session,
+                job.id,
+                "early_stop",
+                result.stopped_early,
+                {"epoch": result.epochs_completed, "selected_epoch": selected},
+            )
         done = job_state.mark_succeeded(
             session,
             job.id,
@@ -314,9 +393,12 @@ def _publish(run: _Run, spec: JobSpec, model: Any, result: Any) -> str:
             test_metrics=test_metrics,
             result_model_id=None if is_adapter else artifact_id,
             result_adapter_id=artifact_id if is_adapter else None,
+            epochs_completed=result.epochs_completed,
         )
         if done:
             _register(session, run, spec, model, result, artifact)
+            model_id = None if is_adapter else artifact_id
+            follow_ups = sweep_plan.on_job_succeeded(session, job.id, model_id)
         else:
             session.rollback()
         session.commit()
@@ -326,5 +408,6 @@ def _publish(run: _Run, spec: JobSpec, model: Any, result: Any) -> str:
         if now is None or now.status != "succeeded":
             remove_tree(directory)
         return _finish_stopped(run, stop.poll())
-    remove_tree(checkpoint_dir(run.settings, job.id))
+    checkpoint_file(run.settings, job.id).unlink(missing_ok=True)  # kept epochs stay
+    sweep_plan.enqueue_all(follow_ups, run.settings, enqueue_job)  # a sweep's next jobs
     return "succeeded"

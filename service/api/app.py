@@ -8,19 +8,21 @@ route refuses query parameters and form fields it does not declare (422
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api import adapters, evaluate, health, jobs, predict
+from service.api import adapters, evaluate, health, job_events, jobs, predict, sweeps, webhooks
 from service.api import models as models_api
 from service.api.errors import ErrorResponse, install_error_handlers
 from service.api.security import install_security
 from service.core.settings import Settings, get_settings
 from service.db.engine import get_engine
 from service.db.migrations import require_migrated, upgrade
+from service.jobs.webhook_dispatcher import WebhookDispatcher
 
 log = logging.getLogger("service")
 
@@ -38,7 +40,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.auto_migrate:
             upgrade(settings.database_url)
         require_migrated(get_engine(settings.database_url))
+        dispatcher = WebhookDispatcher(settings)  # sends job webhooks (never the workers)
+        dispatcher.start()
         yield
+        await asyncio.to_thread(dispatcher.stop)
         predictor = getattr(app.state, "predictor", None)
         if predictor is not None:
             await predictor.aclose()
@@ -64,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     install_security(app, settings)
-    for module in (health, jobs, models_api, adapters, predict, evaluate):
+    routers = (health, jobs, job_events, webhooks, sweeps, models_api, adapters, predict, evaluate)
+    for module in routers:
         app.include_router(module.router)
     return app

@@ -67,6 +67,7 @@ def create_job(
         base_model_id=request.base_model_id,
         enqueue=enqueue_job,
         idempotency_key=idempotency_key,
+        webhook_url=request.webhook_url,
     )
     response.headers["Location"] = f"/jobs/{job.id}"
     if replayed:

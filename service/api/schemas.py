@@ -12,12 +12,27 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, Field
 
 from service.core.job_spec import parse_stored
-from service.core.vocab import AdapterSource, JobKind, JobStatus, ModelKind
-from service.db.tables import AdapterRecord, JobRecord, ModelRecord, as_utc, utcnow
+from service.core.vocab import AdapterSource, EventLevel, EventType, JobKind, JobStatus, ModelKind
+from service.db.tables import (
+    AdapterRecord,
+    CheckpointRecord,
+    JobEventRecord,
+    JobRecord,
+    ModelRecord,
+    as_utc,
+    utcnow,
+)
 
 T = TypeVar("T")
 
-EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "epoch_seconds", "samples_per_second")
+EPOCH_METRICS = (
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "base_val_accuracy",
+    "epoch_seconds",
+    "samples_per_second",
+)
 
 
 def finite(value: float | None) -> float | None:
@@ -53,6 +68,12 @@ class JobResult(BaseModel):
     model_id: str | None = Field(description="Registered model (pretrain, finetune_full).")
     adapter_id: str | None = Field(description="Registered adapter (finetune_lora).")
     test_accuracy: float | None = Field(description="Accuracy on the test split, in [0, 1].")
+    selected_epoch: int | None = Field(
+        None, description="The epoch whose weights became the result (config.select)."
+    )
+    stopped_early: str | None = Field(
+        None, description="Why training ended before config.epochs (early stopping), if it did."
+    )
 
 
 class JobErrorOut(BaseModel):
@@ -80,6 +101,49 @@ class JobOut(BaseModel):
     error: JobErrorOut | None
     attempt: int = Field(description="Times a worker has started this job.")
     cancel_requested: bool
+    webhook_url: str | None = Field(None, description="Where terminal statuses are POSTed.")
+    sweep_id: str | None = Field(None, description="The sweep that created the job, if any.")
+
+
+class EventOut(BaseModel):
+    """One fact of a job's life, in the order it happened."""
+
+    id: int = Field(description="1, 2, 3... per job: resume a stream after it (Last-Event-ID).")
+    job_id: str
+    created_at: datetime
+    level: EventLevel
+    type: EventType = Field(description="status, metrics, checkpoint or message.")
+    message: str
+    data: dict[str, Any] = Field(
+        description="status: {status, attempt, worker, code...}; metrics: the epoch's metrics "
+        "row; checkpoint: {epoch, metrics}; message: free-form details."
+    )
+
+
+class EventPage(BaseModel):
+    """Events after a cursor, oldest first."""
+
+    items: list[EventOut]
+    has_more: bool = Field(description="More events follow: ask again with after=next_after.")
+    next_after: int | None = Field(description="The last item's id (the cursor to continue).")
+
+
+class CheckpointOut(BaseModel):
+    """A kept epoch of a job: its weights can become a model or adapter (publish)."""
+
+    epoch: int
+    metrics: dict[str, float | None] = Field(description="The epoch's metrics row.")
+    selected: bool = Field(description="This epoch's weights are the job's result.")
+    published_id: str | None = Field(
+        None, description="The model or adapter registered from this checkpoint, if any."
+    )
+    created_at: datetime
+
+
+class CheckpointList(BaseModel):
+    """A job's kept checkpoints, by epoch."""
+
+    items: list[CheckpointOut]
 
 
 class EpochOut(BaseModel):
@@ -89,6 +153,12 @@ class EpochOut(BaseModel):
     train_loss: float | None = None
     val_loss: float | None = None
     val_accuracy: float | None = Field(None, description="In [0, 1].")
+    base_val_accuracy: float | None = Field(
+        None,
+        description="Fine-tunes: accuracy on the base model's digits (validation split) as "
+        "served: the network read through the base's classes (finetune_full), the base alone "
+        "(finetune_lora). How much of the base it forgot.",
+    )
     epoch_seconds: float | None = Field(None, description="Wall time incl. validation (s).")
     samples_per_second: float | None = None
 
@@ -167,6 +237,8 @@ def job_out(job: JobRecord, now: datetime | None = None) -> JobOut:
             model_id=job.result_model_id,
             adapter_id=job.result_adapter_id,
             test_accuracy=finite(job.test_accuracy),
+            selected_epoch=(job.test_metrics or {}).get("selected_epoch"),
+            stopped_early=(job.test_metrics or {}).get("stopped_early"),
         )
     error = None
     if job.error_code is not None:
@@ -185,6 +257,36 @@ def job_out(job: JobRecord, now: datetime | None = None) -> JobOut:
         error=error,
         attempt=job.attempt,
         cancel_requested=job.cancel_requested,
+        webhook_url=job.webhook_url,
+        sweep_id=job.sweep_id,
+    )
+
+
+def event_out(record: JobEventRecord) -> EventOut:
+    """Shape an event record (its per-job ``seq`` is the event id)."""
+    return EventOut(
+        id=record.seq,
+        job_id=record.job_id,
+        created_at=as_utc(record.created_at),  # type: ignore[arg-type]
+        level=record.level,  # type: ignore[arg-type]
+        type=record.type,  # type: ignore[arg-type]
+        message=record.message,
+        data=dict(record.data),
+    )
+
+
+def checkpoint_out(
+    record: CheckpointRecord, job: JobRecord, published_id: str | None
+) -> CheckpointOut:
+    """Shape a checkpoint record of ``job``; ``published_id``: the model or adapter
+    registered from it, if any."""
+    selected_epoch = (job.test_metrics or {}).get("selected_epoch")
+    return CheckpointOut(
+        epoch=record.epoch,
+        metrics={k: finite(v) for k, v in record.metrics.items()},
+        selected=job.status == "succeeded" and selected_epoch == record.epoch,
+        published_id=published_id,
+        created_at=as_utc(record.created_at),  # type: ignore[arg-type]
     )
 
 

@@ -7,6 +7,7 @@ Layout::
     {artifact_dir}/models/{model_id}/        model.safetensors + config.json
     {artifact_dir}/adapters/{adapter_id}/    adapter_config.json + adapter_model.safetensors (PEFT)
     {artifact_dir}/checkpoints/{job_id}/     training_state.safetensors (resumable, per epoch)
+    {artifact_dir}/checkpoints/{job_id}/epoch-{N}/   kept epochs: a model or a PEFT adapter
 
 Records store absolute paths, so every process (API, workers) sharing the artifact volume
 at the same mount point reads the same files.
@@ -40,6 +41,11 @@ def checkpoint_dir(settings: Settings, job_id: str) -> Path:
 def checkpoint_file(settings: Settings, job_id: str) -> Path:
     """The training-state file a job resumes from (written after every epoch)."""
     return checkpoint_dir(settings, job_id) / TRAINING_STATE_FILE
+
+
+def epoch_checkpoint_dir(settings: Settings, job_id: str, epoch: int) -> Path:
+    """Absolute directory of a kept epoch's weights (a model, or a PEFT adapter)."""
+    return checkpoint_dir(settings, job_id) / f"epoch-{epoch:04d}"
 
 
 def remove_tree(directory: str | Path) -> None:

@@ -18,11 +18,13 @@ Defaults reproduce the seed notebook, with the fine-tuning schedule measured in 
   ``scaling = alpha / r`` is 2 at every rank), lr 1e-3 (only A and B train, from B = 0),
   no weight decay, no dropout.
 * every kind: cosine learning-rate schedule, seed 0, 30 % of MNIST's training set held
-  out for validation.
+  out for validation; the weights of the last epoch and of the best (lowest ``val_loss``)
+  kept as checkpoints, and the best one becomes the result (``select``); no early
+  stopping.
 
 Round-one rows: ``classes`` was called ``digits`` (still accepted, in requests too), and
 fields added later are absent from early rows; each spec's ``legacy_values`` gives them the
-value the round-one code ran with, not today's default.
+value the round-one code ran with, not today's default (e.g. ``select: last``).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from pydantic_core import InitErrorDetails
 
 from models.classifier import LINEAR_NAMES, MLPConfig, linear_shapes
 from models.lora import LoraConfig
-from models.training import LR_SCHEDULES, TrainConfig
+from models.training import LR_SCHEDULES, WATCHED_METRICS, EarlyStopping, TrainConfig
 from service.core.vocab import JOB_KINDS, MAX_ID_LENGTH, DigitList, JobKind, refuse_both_names
 
 MAX_EPOCHS = 500
@@ -55,6 +57,7 @@ MNIST_TRAIN_SIZE = 60_000
 
 LinearName = Literal[LINEAR_NAMES]  # type: ignore[valid-type]
 LrSchedule = Literal[LR_SCHEDULES]  # type: ignore[valid-type]
+WatchedMetric = Literal[WATCHED_METRICS]  # type: ignore[valid-type]
 
 # Each field's bounds and meaning, written once; the specs below only set defaults.
 Classes = Annotated[
@@ -80,6 +83,26 @@ FinetuneDropout = Annotated[
         "unchanged and dropout is off at inference.",
     ),
 ]
+
+
+class EarlyStoppingSpec(BaseModel):
+    """``early_stopping``: end a job once ``metric`` stops improving (off when absent)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patience: int = Field(
+        ge=1, le=MAX_EPOCHS, description="Epochs in a row without improvement before stopping."
+    )
+    min_delta: float = Field(
+        0.0, ge=0, le=10.0, description="Smallest change that counts as an improvement."
+    )
+    metric: WatchedMetric = Field(
+        "val_loss", description="val_loss (lower is better) or val_accuracy (higher is better)."
+    )
+
+    def rule(self) -> EarlyStopping:
+        """The rule for ``models.training.train``."""
+        return EarlyStopping(patience=self.patience, min_delta=self.min_delta, metric=self.metric)
 
 
 class SpecMismatch(ValueError):
@@ -124,6 +147,24 @@ class JobSpec(BaseModel):
         "its seeded shuffle); null = all. Validation and test sets are never cut. For quick "
         "runs, smoke tests and demos.",
     )
+    keep_checkpoints: int = Field(
+        1,
+        ge=1,
+        le=MAX_EPOCHS,
+        description="Keep the weights of the last N epochs, plus the best one, as checkpoints "
+        "(GET /jobs/{id}/checkpoints; any can be published as a model or adapter).",
+    )
+    select: Literal["best", "last"] = Field(
+        "best",
+        description="Which epoch's weights become the job's model or adapter: the best by "
+        "select_metric, or the last trained.",
+    )
+    select_metric: WatchedMetric = Field(
+        "val_loss", description="What 'best' means: lowest val_loss or highest val_accuracy."
+    )
+    early_stopping: EarlyStoppingSpec | None = Field(
+        None, description="Stop once a validation metric stops improving; off when null."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -155,8 +196,9 @@ class PretrainSpec(JobSpec):
     """Train a fresh MLP (784 -> hidden1 -> hidden2 -> len(classes))."""
 
     kind: ClassVar[JobKind] = "pretrain"
-    legacy_values: ClassVar[dict[str, Any]] = {"lr_schedule": "constant"}
-    """Before the cosine schedule every run was constant."""
+    legacy_values: ClassVar[dict[str, Any]] = {"lr_schedule": "constant", "select": "last"}
+    """Before the cosine schedule every run was constant; before checkpoints, every job
+    kept its last epoch."""
 
     classes: Classes = Field(default_factory=lambda: [0, 1, 2, 3, 4])
     epochs: Epochs = 30
@@ -179,8 +221,13 @@ class PretrainSpec(JobSpec):
 class _FinetuneSpec(JobSpec):
     """What both fine-tunes share: digits 5-9, 10 epochs, no dropout, a base to fit."""
 
-    legacy_values: ClassVar[dict[str, Any]] = {"lr_schedule": "constant", "dropout": None}
-    """Before fine-tuning dropout existed, fine-tunes kept the base's (``None``)."""
+    legacy_values: ClassVar[dict[str, Any]] = {
+        "lr_schedule": "constant",
+        "dropout": None,
+        "select": "last",
+    }
+    """Before fine-tuning dropout existed, fine-tunes kept the base's (``None``); before
+    checkpoints, every job kept its last epoch."""
 
     classes: Classes = Field(default_factory=lambda: [5, 6, 7, 8, 9])
     epochs: Epochs = 10
@@ -305,8 +352,21 @@ def parse_stored(kind: str, config: Mapping[str, Any]) -> JobSpec:
 # ------------------------------------------------------------------- the POST /jobs body
 
 
+WebhookUrl = Annotated[
+    str | None,
+    Field(
+        min_length=1,
+        max_length=2000,
+        description="POST a signed event (Standard Webhooks) here when the job succeeds, "
+        "fails or is cancelled; http(s) only. Default: the WEBHOOK_URL setting.",
+    ),
+]
+
+
 class _JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    webhook_url: WebhookUrl = None
 
 
 class PretrainJobCreate(_JobCreate):

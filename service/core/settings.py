@@ -94,6 +94,48 @@ class Settings(BaseSettings):
         "one forward pass at a time, and on a small machine extra threads only contend).",
     )
 
+    # events and webhooks
+    event_poll_seconds: float = Field(
+        0.2,
+        gt=0,
+        le=10,
+        description="How often a live event stream (SSE) reads the database for new events (s).",
+    )
+    event_ping_seconds: float = Field(
+        15.0, gt=0, description="Heartbeat comment interval on live event streams (s)."
+    )
+    webhook_url: str | None = Field(
+        None, description="Webhook URL for jobs that name none (terminal statuses are POSTed)."
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Standard Webhooks signing secret (`whsec_` + base64); required when any "
+        "job has a webhook.",
+    )
+    webhook_retry_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="How long a webhook message is retried (exponential backoff) after its job "
+        "ended, while the receiver answers no 2xx (s).",
+    )
+    webhook_backoff_seconds: float = Field(
+        1.0, gt=0, description="First webhook retry delay (s); doubles per attempt, at most 5 min."
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, description="How long one webhook POST may take (s)."
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Allow webhook URLs on private, loopback or link-local addresses "
+        "(for tests and private networks).",
+    )
+    webhook_poll_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="How often each API process looks for webhook messages to send (s).",
+    )
+
     # limits and security
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
@@ -109,6 +151,9 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=1024, description="Largest adapter weights file accepted (bytes)."
     )
     page_size_max: int = Field(200, ge=1, description="Largest `limit` on list endpoints.")
+    sweep_max_jobs: int = Field(
+        200, ge=1, description="Most jobs one sweep may create (bases + variants x seeds)."
+    )
 
     # HTTP and CLI
     host: str = Field("127.0.0.1", description="Address the API binds to.")

@@ -25,6 +25,21 @@ ModelKind = Literal["pretrain", "finetune_full"]
 AdapterSource = Literal["trained", "imported"]
 """Where a registered adapter came from: a ``finetune_lora`` job, or ``POST /adapters``."""
 
+EventType = Literal["status", "metrics", "checkpoint", "message"]
+"""What a job event reports: a status change, an epoch's metrics, a kept checkpoint, or a
+free-text message (e.g. why training stopped early)."""
+
+EventLevel = Literal["info", "warning", "error"]
+"""How much a job event matters: ``warning`` (requeued after a lost worker), ``error``
+(failed), ``info`` otherwise."""
+
+EventStatus = Literal["queued", "running", "requeued", "succeeded", "failed", "cancelled"]
+"""The ``status`` of a status event: a job status, or ``requeued`` (back to ``queued``
+after its worker was lost)."""
+
+WEBHOOK_EVENT_PREFIX = "job."
+"""Webhook event types are ``job.succeeded``, ``job.failed``, ``job.cancelled``."""
+
 JOB_KINDS: tuple[JobKind, ...] = get_args(JobKind)
 UNFINISHED_STATUSES: tuple[JobStatus, ...] = ("queued", "running")
 TERMINAL_STATUSES: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")
@@ -55,6 +70,8 @@ def refuse_both_names(data: object, renamed: dict[str, str]) -> None:
 JOB_PREFIX = "job"
 MODEL_PREFIX = "mdl"
 ADAPTER_PREFIX = "adp"
+WEBHOOK_MESSAGE_PREFIX = "msg"
+SWEEP_PREFIX = "swp"
 """Id prefixes, one per record kind. Round one gave imported adapters ``adapter_<hex>``
 ids; those stay valid (ids are opaque keys), new ones all start ``adp_``."""
 

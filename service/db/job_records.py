@@ -27,6 +27,7 @@ def create_job(
     epochs: int,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    webhook_url: str | None = None,
 ) -> JobRecord:
     """Add a ``queued`` job (flush; the caller commits *before* enqueueing its task)."""
     job = JobRecord(
@@ -41,6 +42,8 @@ def create_job(
         cancel_requested=False,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        webhook_url=webhook_url,
+        event_seq=0,
         created_at=utcnow(),
     )
     session.add(job)

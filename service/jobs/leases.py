@@ -35,6 +35,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.db.tables import JobRecord, utcnow
+from service.jobs import events
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +99,15 @@ def take_over_stale(
         )
         .values(worker_id=worker_id, heartbeat_at=utcnow(), attempt=JobRecord.attempt + 1),
     )
-    session.commit()
     if taken != 1:
+        session.commit()
         return None
-    return session.scalars(
+    job = session.scalars(
         select(JobRecord).where(JobRecord.id == job_id).execution_options(populate_existing=True)
     ).one()
+    events.record_running(session, job_id, attempt=job.attempt, worker_id=worker_id, took_over=True)
+    session.commit()
+    return job
 
 
 def worker_lost_message(attempts: int, max_attempts: int, lease_seconds: float) -> str:
@@ -148,6 +152,15 @@ def _reap_one(
         values = {"status": "queued", "worker_id": None, "heartbeat_at": now}
         bucket = result.requeued
     won = _count(session, update(JobRecord).where(*still_stale).values(**values)) == 1
+    if won and bucket is result.requeued:
+        events.record_requeued(
+            session,
+            job_id,
+            attempt=attempt,
+            reason=f"its worker was lost (no heartbeat for {lease_seconds:g} s)",
+        )
+    elif won:
+        events.record_terminal(session, job_id)
     session.commit()
     if won:
         bucket.append(job_id)

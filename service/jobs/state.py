@@ -9,11 +9,14 @@ The worker that claims a job holds its *lease*: ``worker_id`` plus ``heartbeat_a
 by :func:`renew_lease` every ``HEARTBEAT_SECONDS``. Worker-side transitions require the
 lease, so a worker that lost it (a stale lease handed to another attempt) changes nothing.
 Stale leases (dead workers) are requeued, taken over or ended by :mod:`service.jobs.leases`.
+
+Every transition that happens also records its event (:mod:`service.jobs.events`) in the
+same transaction: a status change and its event commit together or not at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -22,6 +25,7 @@ from sqlalchemy.orm import Session
 from service.core.vocab import UNFINISHED_STATUSES
 from service.db.metric_records import upsert_metrics
 from service.db.tables import JobRecord, utcnow
+from service.jobs import events
 
 MAX_ERROR_MESSAGE = 4000
 
@@ -56,9 +60,16 @@ def claim_job(session: Session, job_id: str, worker_id: str) -> JobRecord | None
             attempt=JobRecord.attempt + 1,
         ),
     )
-    session.commit()
     if claimed != 1:
+        session.commit()
         return None
+    job = _reread(session, job_id)
+    events.record_running(session, job_id, attempt=job.attempt, worker_id=worker_id)
+    session.commit()
+    return job
+
+
+def _reread(session: Session, job_id: str) -> JobRecord:
     return session.scalars(
         select(JobRecord).where(JobRecord.id == job_id).execution_options(populate_existing=True)
     ).one()
@@ -106,16 +117,25 @@ def stop_reason(session: Session, job_id: str, worker_id: str) -> str | None:
 
 
 def record_epoch(
-    session: Session, job_id: str, worker_id: str, epoch: int, values: Mapping[str, float]
+    session: Session,
+    job_id: str,
+    worker_id: str,
+    epoch: int,
+    values: Mapping[str, float],
+    *,
+    also: Callable[[], None] | None = None,
 ) -> bool:
-    """Write one finished epoch: its metrics (upserts, one row per job/epoch/name), the
-    job's progress (``epoch``) and a heartbeat, in one transaction; commits.
+    """Write one finished epoch: its metrics (upserts, one row per job/epoch/name), its
+    ``metrics`` event, the job's progress (``epoch``) and a heartbeat, in one transaction;
+    commits.
 
-    Writing the same epoch twice (a resumed or redelivered run) overwrites the values.
+    Writing the same epoch twice (a resumed or redelivered run) overwrites the values and
+    adds no second event.
 
     Args:
         epoch: 1-based number of the finished epoch.
         values: metric name -> value, e.g. ``train_loss`` (nats), ``epoch_seconds`` (s).
+        also: more writes for the same transaction (e.g. the epoch's checkpoint record).
     Returns:
         False (and nothing written) when ``worker_id`` no longer holds the job's lease.
     """
@@ -134,6 +154,10 @@ def record_epoch(
     ]
     if rows:
         upsert_metrics(session, rows)
+    epochs = session.scalar(select(JobRecord.epochs).where(JobRecord.id == job_id)) or epoch
+    events.record_metrics(session, job_id, epoch, epochs, values)
+    if also is not None:
+        also()
     session.commit()
     return True
 
@@ -147,16 +171,21 @@ def mark_succeeded(
     test_metrics: dict[str, Any] | None,
     result_model_id: str | None = None,
     result_adapter_id: str | None = None,
+    epochs_completed: int | None = None,
 ) -> bool:
     """Move the job to ``succeeded`` if ``worker_id`` holds it and no cancel was requested.
 
     Does **not** commit: the caller registers the model/adapter in the same transaction
     and commits both, so a job is never ``succeeded`` without its record (or vice versa).
+    The ``succeeded`` event (and webhook message) is added to that transaction.
 
+    Args:
+        epochs_completed: the job's final progress (fewer than ``epochs`` when it stopped
+            early); default ``epochs``.
     Returns:
         False when the job was cancelled meanwhile or the lease is gone (then roll back).
     """
-    return (
+    done = (
         _update_count(
             session,
             update(JobRecord)
@@ -164,7 +193,7 @@ def mark_succeeded(
             .values(
                 status="succeeded",
                 finished_at=utcnow(),
-                epoch=JobRecord.epochs,
+                epoch=JobRecord.epochs if epochs_completed is None else epochs_completed,
                 test_accuracy=test_accuracy,
                 test_metrics=test_metrics,
                 result_model_id=result_model_id,
@@ -173,6 +202,9 @@ def mark_succeeded(
         )
         == 1
     )
+    if done:
+        events.record_terminal(session, job_id)
+    return done
 
 
 def _end_unfinished(session: Session, job_id: str, worker_id: str | None, **values: object) -> bool:
@@ -184,6 +216,8 @@ def _end_unfinished(session: Session, job_id: str, worker_id: str | None, **valu
     changed = _update_count(
         session, update(JobRecord).where(*conditions).values(finished_at=utcnow(), **values)
     )
+    if changed == 1:
+        events.record_terminal(session, job_id)
     session.commit()
     return changed == 1
 
@@ -234,13 +268,15 @@ def request_cancel(session: Session, job_id: str) -> JobRecord | None:
         .where(JobRecord.id == job_id, JobRecord.status == "queued")
         .values(status="cancelled", cancel_requested=True, finished_at=now),
     )
-    if cancelled == 0:
-        _update_count(
-            session,
-            update(JobRecord)
-            .where(JobRecord.id == job_id, JobRecord.status == "running")
-            .values(cancel_requested=True),
-        )
+    if cancelled == 1:
+        events.record_terminal(session, job_id)
+    elif _update_count(
+        session,
+        update(JobRecord)
+        .where(JobRecord.id == job_id, JobRecord.status == "running")
+        .values(cancel_requested=True),
+    ):
+        events.record_cancel_requested(session, job_id)
     session.commit()
     return session.scalars(
         select(JobRecord).where(JobRecord.id == job_id).execution_options(populate_existing=True)

@@ -35,6 +35,7 @@ from service.core.settings import Settings
 from service.db import job_records, model_records
 from service.db.retry import is_locked, retry_locked
 from service.db.tables import JobRecord
+from service.jobs import events, webhooks
 from service.jobs import state as job_state
 
 log = logging.getLogger(__name__)
@@ -61,17 +62,21 @@ class Submission(NamedTuple):
     replayed: bool
 
 
-def request_hash(base_model_id: str | None, spec: JobSpec) -> str:
-    """SHA-256 (hex) of the request as validated: kind, base model, spec with defaults.
+def request_hash(base_model_id: str | None, spec: JobSpec, webhook_url: str | None = None) -> str:
+    """SHA-256 (hex) of the request as validated: kind, base model, spec with defaults,
+    and the webhook URL when one is given.
 
     Key order, whitespace and spelled-out defaults do not change it.
     """
+    request: dict = {
+        "kind": spec.kind,
+        "base_model_id": base_model_id,
+        "config": spec.model_dump(mode="json"),
+    }
+    if webhook_url is not None:  # absent from round one's hashes: they stay equal
+        request["webhook_url"] = webhook_url
     canonical = json.dumps(
-        {
-            "kind": spec.kind,
-            "base_model_id": base_model_id,
-            "config": spec.model_dump(mode="json"),
-        },
+        request,
         sort_keys=True,
         separators=(",", ":"),
     )
@@ -88,14 +93,18 @@ def _by_key(session: Session, key: str) -> JobRecord | None:
 
 
 def _same_request(job: JobRecord, spec: JobSpec, base_model_id: str | None) -> bool:
-    """Whether a stored job is this request, compared as parsed specs: for rows whose
-    ``request_hash`` was taken under round one's field names (``digits``)."""
+    """Whether a stored job is this request, compared as parsed specs on the fields the
+    stored row has: for rows whose ``request_hash`` was taken under round one's field names
+    (``digits``) or before later fields existed (a request could not have set those)."""
     if (job.kind, job.base_model_id) != (spec.kind, base_model_id):
         return False
     try:
-        return parse_stored(job.kind, job.config) == spec
+        stored = parse_stored(job.kind, job.config).model_dump(mode="json")
     except ValueError:
         return False
+    requested = spec.model_dump(mode="json")
+    known = {"classes" if k == "digits" else k for k in job.config}
+    return all(stored.get(k) == requested.get(k) for k in known)
 
 
 def _replay(
@@ -120,6 +129,7 @@ def submit_job(
     base_model_id: str | None,
     enqueue: Enqueue,
     idempotency_key: str | None = None,
+    webhook_url: str | None = None,
 ) -> Submission:
     """Validate, insert and commit a ``queued`` job, then enqueue its task.
 
@@ -127,21 +137,25 @@ def submit_job(
         enqueue: sends ``run_job(job_id)`` (:func:`service.jobs.queue.enqueue_job`).
         idempotency_key: the client's ``Idempotency-Key``: a job already stored under it
             is returned (``replayed``) instead of creating another.
+        webhook_url: where the job's terminal status is POSTed (default: the
+            ``WEBHOOK_URL`` setting); checked by :func:`service.jobs.webhooks.check_url`.
     Returns:
         The committed job (``queued`` when new) and whether it was replayed.
     Raises:
         ApiError: 404 ``model_not_found`` (param ``base_model_id``); 422
             ``validation_error`` (see :func:`check_spec_against_base`); 409
-            ``idempotency_key_reused`` (same key, different request); 503
+            ``idempotency_key_reused`` (same key, different request); 422
+            ``invalid_webhook_url`` (param ``webhook_url``); 503
             ``broker_unavailable`` when the task could not be sent (the job is then
             ``failed`` with code ``enqueue_failed``); 503 ``database_busy``.
     """
-    digest = request_hash(base_model_id, spec)
+    digest = request_hash(base_model_id, spec, webhook_url)
     if idempotency_key is not None and (found := _by_key(session, idempotency_key)):
         return _replay(found, idempotency_key, digest, spec, base_model_id)
     if base_model_id is not None:
         base = model_records.require_model(session, base_model_id, "base_model_id")
         check_spec_against_base(spec, base.architecture)
+    webhook = webhooks.check_url(webhook_url or settings.webhook_url, settings)
 
     def insert() -> JobRecord:
         job = job_records.create_job(
@@ -152,7 +166,9 @@ def submit_job(
             epochs=spec.epochs,
             idempotency_key=idempotency_key,
             request_hash=digest if idempotency_key is not None else None,
+            webhook_url=webhook,
         )
+        events.record_queued(session, job)
         session.commit()
         return job
 

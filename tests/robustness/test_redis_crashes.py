@@ -156,9 +156,14 @@ def test_killed_in_epoch_3_resumes_from_epoch_2(redis_stack: Stack) -> None:
     assert sorted((e, n) for e, n, _ in after) == sorted(
         (e, n) for e in range(1, epochs + 1) for n in EPOCH_NAMES
     )  # exactly one row per epoch and name
-    assert not ckpt.parent.exists()  # removed after success
+    assert not ckpt.exists()  # the resumable state is removed after success
     model = stack.root / "artifacts" / "models" / derived_id("mdl", job_id)
     assert (model / "model.safetensors").exists()
+    events = _events(stack, job_id)
+    statuses = [e["data"]["status"] for e in events if e["type"] == "status"]
+    assert statuses[:2] == ["queued", "running"] and statuses[-2:] == ["running", "succeeded"]
+    assert set(statuses[2:-2]) <= {"requeued"}, statuses  # reaped, or taken over directly
+    _assert_one_event_per_fact(events, epochs, attempts=[1, 2])
 
 
 def _redis_restores_unacked(stack: Stack, visibility_timeout: float) -> None:
@@ -198,7 +203,28 @@ def test_visibility_timeout_shorter_than_job_trains_once(redis_stack: Stack) -> 
     assert runs == [runner.name]
     adapters = stack.root / "artifacts" / "adapters"
     assert [p.name for p in adapters.iterdir()] == [derived_id("adp", job_id)]
-    assert not _checkpoint(stack, job_id).parent.exists()
+    events = _events(stack, job_id)
+    statuses = [e["data"]["status"] for e in events if e["type"] == "status"]
+    assert statuses == ["queued", "running", "succeeded"]  # the redelivery added nothing
+    _assert_one_event_per_fact(events, epochs, attempts=[1])
+    assert not _checkpoint(stack, job_id).exists()  # the resumable state; kept epochs stay
     with stack.client() as http:
         listed = http.get("/adapters", params={"base_model_id": base_id}).json()
     assert [a["id"] for a in listed["items"]] == [final["result"]["adapter_id"]]
+
+
+def _events(stack: Stack, job_id: str) -> list[dict]:
+    with stack.client() as http:
+        page = http.get(f"/jobs/{job_id}/events", params={"limit": 1000}).json()
+    assert not page["has_more"]
+    return page["items"]
+
+
+def _assert_one_event_per_fact(events: list[dict], epochs: int, attempts: list[int]) -> None:
+    """Event ids 1..n in order; one metrics event per epoch; one running event per attempt."""
+    assert [e["id"] for e in events] == list(range(1, len(events) + 1))
+    assert [e["data"]["epoch"] for e in events if e["type"] == "metrics"] == list(
+        range(1, epochs + 1)
+    )
+    running = [e["data"]["attempt"] for e in events if e["data"].get("status") == "running"]
+    assert running == attempts

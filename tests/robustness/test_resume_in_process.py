@@ -41,10 +41,10 @@ def _die_at(monkeypatch: pytest.MonkeyPatch, epoch: int, *, before_record: bool)
     of that epoch was written), before or after the epoch's metrics are recorded."""
     real = job_state.record_epoch
 
-    def record(session, job_id, worker_id, n, values):  # noqa: ANN001, ANN202
+    def record(session, job_id, worker_id, n, values, **kw):  # noqa: ANN001, ANN003, ANN202
         if n == epoch and before_record:
             raise WorkerDied
-        done = real(session, job_id, worker_id, n, values)
+        done = real(session, job_id, worker_id, n, values, **kw)
         if n == epoch:
             raise WorkerDied
         return done

@@ -173,7 +173,9 @@ def test_metrics_format_validated_and_csv_of_new_job(client) -> None:
     metrics = client.get(f"/jobs/{job_id}/metrics").json()
     assert metrics == {"job_id": job_id, "status": "queued", "epochs": [], "test": None}
     csv = client.get(f"/jobs/{job_id}/metrics", params={"format": "csv"}).text
-    assert csv == "epoch,train_loss,val_loss,val_accuracy,epoch_seconds,samples_per_second\n"
+    assert csv == (
+        "epoch,train_loss,val_loss,val_accuracy,base_val_accuracy,epoch_seconds,samples_per_second\n"
+    )
 
 
 def test_cancel_queued_job_at_once(client) -> None:

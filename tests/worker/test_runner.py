@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.core.artifacts import checkpoint_dir, model_dir
+from service.core.artifacts import checkpoint_dir, checkpoint_file, epoch_checkpoint_dir, model_dir
 from service.db import job_records, model_records
 from service.db.engine import session_factory, session_scope
 from service.jobs import state as job_state
@@ -41,7 +41,9 @@ def test_pretrain_succeeds_and_registers(migrated) -> None:
     model_id = runner.derived_id("mdl", job_id)
     assert job.result_model_id == model_id
     assert (model_dir(migrated, model_id) / "model.safetensors").exists()
-    assert not checkpoint_dir(migrated, job_id).exists()  # removed after success
+    assert not checkpoint_file(migrated, job_id).exists()  # resumable state removed after success
+    kept = sorted(p.name for p in checkpoint_dir(migrated, job_id).iterdir())
+    assert kept == [epoch_checkpoint_dir(migrated, job_id, 1).name]  # the kept epoch stays
     # a redelivered message for a finished job does nothing
     assert runner.run_job(job_id, migrated, worker_id="w2") == "skipped"
 
