@@ -18,6 +18,7 @@ from service.client.output import (
     make_table,
     page_caption,
     print_json,
+    show_record,
     time_text,
 )
 
@@ -42,12 +43,7 @@ def models_list(client: Client, args: argparse.Namespace, out: Console) -> int:
 @command
 def models_show(client: Client, args: argparse.Namespace, out: Console) -> int:
     """``models show MODEL_ID``."""
-    model = client.models.get(args.model_id)
-    if args.json:
-        print_json(model)
-    else:
-        out.print_json(data=model)
-    return EXIT_OK
+    return show_record(client.models.get(args.model_id), args, out)
 
 
 @command
@@ -72,12 +68,7 @@ def adapters_list(client: Client, args: argparse.Namespace, out: Console) -> int
 @command
 def adapters_show(client: Client, args: argparse.Namespace, out: Console) -> int:
     """``adapters show ADAPTER_ID``."""
-    adapter = client.adapters.get(args.adapter_id)
-    if args.json:
-        print_json(adapter)
-    else:
-        out.print_json(data=adapter)
-    return EXIT_OK
+    return show_record(client.adapters.get(args.adapter_id), args, out)
 
 
 @command

@@ -51,6 +51,15 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 
+def show_record(record: Any, args: argparse.Namespace, out: Console) -> int:
+    """Print one record: plain JSON with ``--json``, highlighted JSON otherwise."""
+    if args.json:
+        print_json(record)
+    else:
+        out.print_json(data=record)
+    return EXIT_OK
+
+
 def command(handler: Handler) -> Callable[[argparse.Namespace], int]:
     """Wrap ``handler(client, args, console)`` into an argparse ``func``: one client per run,
     :class:`ServiceError` and :class:`UsageError` reported on stderr with their exit code."""

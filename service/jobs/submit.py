@@ -18,8 +18,6 @@ Writes that SQLite refuses with "database is locked" are retried
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable
 from typing import NamedTuple
@@ -37,6 +35,7 @@ from service.db.retry import is_locked, retry_locked
 from service.db.tables import JobRecord
 from service.jobs import events, webhooks
 from service.jobs import state as job_state
+from service.jobs.idempotency import key_reused, request_digest
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +74,7 @@ def request_hash(base_model_id: str | None, spec: JobSpec, webhook_url: str | No
     }
     if webhook_url is not None:  # absent from round one's hashes: they stay equal
         request["webhook_url"] = webhook_url
-    canonical = json.dumps(
-        request,
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return request_digest(request)
 
 
 def _by_key(session: Session, key: str) -> JobRecord | None:
@@ -111,13 +105,7 @@ def _replay(
     job: JobRecord, key: str, digest: str, spec: JobSpec, base_model_id: str | None
 ) -> Submission:
     if job.request_hash != digest and not _same_request(job, spec, base_model_id):
-        raise ApiError(
-            409,
-            "idempotency_key_reused",
-            f"Idempotency-Key {key!r} was used for job {job.id} with a different request; "
-            "use a new key for a new request.",
-            "Idempotency-Key",
-        )
+        raise key_reused(key, "job", job.id)
     return Submission(job, True)
 
 

@@ -28,8 +28,6 @@ request (as validated) answer the sweep created first; a different request is 40
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable
 from typing import NamedTuple
@@ -49,6 +47,7 @@ from service.db.retry import is_locked, retry_locked
 from service.db.tables import JobRecord, SweepRecord
 from service.jobs import events
 from service.jobs import state as job_state
+from service.jobs.idempotency import key_reused, request_digest
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +84,7 @@ def parse_cell(cell: str) -> dict[str, int | None]:
 
 def request_hash(request: SweepCreate) -> str:
     """SHA-256 (hex) of the request as validated (key order and whitespace do not count)."""
-    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return request_digest(request.model_dump(mode="json"))
 
 
 def _check_grid(session: Session, settings: Settings, request: SweepCreate) -> None:
@@ -174,13 +172,7 @@ def _add_first_jobs(session: Session, sweep_id: str, request: SweepCreate) -> li
 
 def _replay(sweep: SweepRecord, key: str, digest: str) -> SweepSubmission:
     if sweep.request_hash != digest:
-        raise ApiError(
-            409,
-            "idempotency_key_reused",
-            f"Idempotency-Key {key!r} was used for sweep {sweep.id} with a different request; "
-            "use a new key for a new request.",
-            "Idempotency-Key",
-        )
+        raise key_reused(key, "sweep", sweep.id)
     return SweepSubmission(sweep, True)
 
 
