@@ -246,8 +246,8 @@ def _train_and_publish(run: _Run) -> str:
                 ),
             ):
                 stop.reason = stop.reason or "lease_lost"
-        kept.prune(run.factory)
         log.info("job %s epoch %d/%d done (attempt %d)", job.id, epoch, job.epochs, job.attempt)
+        kept.prune(run.factory)  # after the log line: the epoch is recorded, pruning is tidying
         return stop()
 
     result = train(
