@@ -210,6 +210,12 @@ class Settings(BaseSettings):
         description="`lora-service worker-health` fails when the heartbeat file is older (s).",
     )
 
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_token_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+    # --- end issue 14 ---
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
