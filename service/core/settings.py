@@ -214,6 +214,7 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_token_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
     # --- end issue 14 ---
 
     @field_validator("api_keys", mode="before")
