@@ -120,6 +120,11 @@ def start(settings: Settings, worker: str) -> None:
     _state.worker = worker
     _state.enabled = settings.metrics_enabled
     worker_var.set(worker)
+    if settings.prometheus_multiproc_dir is not None:
+        log.warning(
+            "PROMETHEUS_MULTIPROC_DIR is set for a worker: its metrics also land in the API's "
+            "multiprocess files; set it for API processes only"
+        )
     if settings.metrics_enabled:
         try:
             _state.metrics_port = serve_metrics(settings.worker_metrics_port)

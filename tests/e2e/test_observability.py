@@ -169,8 +169,9 @@ def obs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Obs]:
 
 @pytest.fixture(scope="module")
 def trained(obs: Obs) -> dict:
-    """M = 2 jobs (a pre-training, then a LoRA fine-tune of it) run by the worker; while
-    the fine-tune trains, the worker is checked live, and live again with Redis stopped."""
+    """M = 3 jobs run by the worker: a pre-training, a LoRA fine-tune of it, and a long
+    pre-training that is cancelled once the worker was checked live while it trains, and
+    live again with Redis stopped for longer than the health check's max age."""
     during: dict = {}
     with obs.stack.client() as http:
         small = {"epochs": 2, "max_train_samples": 1000, **SMALL_NET}
@@ -178,20 +179,24 @@ def trained(obs: Obs) -> dict:
         base_final, _ = watch(http, base["id"])
         assert base_final["status"] == "succeeded", base_final
         base_id = base_final["result"]["model_id"]
-        config = {"epochs": 40, "r": 4, "lora_alpha": 8, "max_train_samples": 500}
+        config = {"epochs": 2, "r": 4, "lora_alpha": 8, "max_train_samples": 500}
         lora = submit(http, {"kind": "finetune_lora", "base_model_id": base_id, "config": config})
-        watch(http, lora["id"], until={"running"})
+        lora_final, _ = watch(http, lora["id"])
+        assert lora_final["status"] == "succeeded", lora_final
+        long = submit(http, {"kind": "pretrain", "config": {**small, "epochs": 500}})
+        watch(http, long["id"], until={"running"})
         during["training"] = obs.worker_health()
         during["metrics_while_running"] = obs.scrape_worker()
         obs.redis.send_signal(signal.SIGTERM)
         obs.redis.wait(10)
         time.sleep(MAX_AGE_S + 1)
         during["redis_down"] = obs.worker_health()
-        during["still_running"] = http.get(f"/jobs/{lora['id']}").json()["status"]
+        during["still_running"] = http.get(f"/jobs/{long['id']}").json()["status"]
         obs.redis = subprocess.Popen(obs.redis_cmd, stdout=subprocess.DEVNULL)
-        lora_final, _ = watch(http, lora["id"], timeout=180)
-        assert lora_final["status"] == "succeeded", lora_final
-    return {"base": base_final, "lora": lora_final, **during}
+        assert http.post(f"/jobs/{long['id']}/cancel").status_code in (200, 202)
+        long_final, _ = watch(http, long["id"], timeout=120)
+        assert long_final["status"] == "cancelled", long_final
+    return {"base": base_final, "lora": lora_final, "long": long_final, **during}
 
 
 def test_worker_is_live_while_training_and_while_redis_is_away(obs: Obs, trained: dict) -> None:
@@ -200,19 +205,22 @@ def test_worker_is_live_while_training_and_while_redis_is_away(obs: Obs, trained
     assert trained["still_running"] == "running"
     assert trained["redis_down"].returncode == 0, trained["redis_down"].stdout
     running = trained["metrics_while_running"]
-    lora_id = trained["lora"]["id"]
-    assert value(running, "lora_worker_current_job", job_id=lora_id, kind="finetune_lora") == 1
+    long_id = trained["long"]["id"]
+    assert value(running, "lora_worker_current_job", job_id=long_id, kind="pretrain") == 1
     assert value(running, "lora_worker_busy") == 1
 
 
 def test_worker_metrics_count_the_jobs(obs: Obs, trained: dict) -> None:
     assert obs.worker_port() != obs.taken_port  # the first port was taken: it moved on
     m = obs.scrape_worker()
-    for kind, epochs in (("pretrain", 2), ("finetune_lora", 40)):
-        assert value(m, "lora_worker_jobs_started_total", kind=kind) == 1
+    cancelled_epochs = trained["long"]["progress"]["epoch"]
+    for kind, started, epochs in (("pretrain", 2, 2 + cancelled_epochs), ("finetune_lora", 1, 2)):
+        assert value(m, "lora_worker_jobs_started_total", kind=kind) == started
         assert value(m, "lora_worker_jobs_finished_total", kind=kind, status="succeeded") == 1
         assert value(m, "lora_worker_epoch_seconds_count", kind=kind) == epochs
         assert value(m, "lora_worker_samples_per_second", kind=kind) > 0
+    finished = {"kind": "pretrain", "status": "cancelled"}
+    assert value(m, "lora_worker_jobs_finished_total", **finished) == 1
     assert not [k for k in m if k[0] == "lora_worker_jobs_failed_total"]
     assert not [k for k in m if k[0] == "lora_worker_current_job"]  # removed when it ended
     assert value(m, "lora_worker_device_info", device="cpu") == 1
@@ -261,8 +269,12 @@ def test_predictions_and_jobs_counted_once_across_two_api_processes(
         assert value(after, "lora_cache_misses_total", cache="adapter") == 1
         assert value(after, "lora_cache_hits_total", cache="adapter") >= n_adapter - 1
         # job gauges come from the database once per scrape, not once per process
-        for kind in ("pretrain", "finetune_lora"):
-            assert value(after, "lora_jobs", kind=kind, status="succeeded") == 1
+        for kind, status, n in (
+            ("pretrain", "succeeded", 1),
+            ("pretrain", "cancelled", 1),
+            ("finetune_lora", "succeeded", 1),
+        ):
+            assert value(after, "lora_jobs", kind=kind, status=status) == n
         assert value(after, "lora_jobs", kind="finetune_full", status="queued") == 0
 
     deleted = httpx.delete(f"{obs.stack.url}/adapters/{adapter_id}", headers=headers)
