@@ -34,7 +34,7 @@ from service.api.security import install_security
 from service.core.settings import Settings, get_settings
 from service.db.engine import get_engine
 from service.db.migrations import require_migrated, upgrade
-from service.jobs.metrics_scrape import mark_process_dead
+from service.jobs.metrics_scrape import check_multiprocess, mark_process_dead
 from service.jobs.webhook_dispatcher import WebhookDispatcher
 
 log = logging.getLogger("service")
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.auto_migrate:
             upgrade(settings.database_url)
         require_migrated(get_engine(settings.database_url))
+        check_multiprocess(settings)
         dispatcher = WebhookDispatcher(settings)  # sends job webhooks (never the workers)
         dispatcher.start()
         yield

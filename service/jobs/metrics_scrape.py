@@ -83,7 +83,7 @@ class ScrapeCollector:
 
     def _recorded(self) -> Iterable[Metric]:
         directory = self.settings.prometheus_multiproc_dir
-        if directory is not None:
+        if directory is not None and multiprocess_active():
             return MultiProcessCollector(None, path=str(directory)).collect()
         return REGISTRY.collect()
 
@@ -97,6 +97,27 @@ class ScrapeCollector:
                 metric.samples = [s for s in metric.samples if _keep(s.labels, models, adapters)]
             yield metric
         yield from job_families(stats)
+
+
+def multiprocess_active() -> bool:
+    """True when prometheus-client records into multiprocess files in this process (it
+    reads ``PROMETHEUS_MULTIPROC_DIR`` from the process environment when imported; a value
+    only in ``.env`` reaches the settings but not prometheus-client)."""
+    from prometheus_client import values
+
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+def check_multiprocess(settings: Settings) -> None:
+    """Log an error when the settings name a multiprocess directory that prometheus-client
+    does not use (then each process answers only its own metrics)."""
+    if settings.prometheus_multiproc_dir is not None and not multiprocess_active():
+        log.error(
+            "PROMETHEUS_MULTIPROC_DIR=%s is in the settings but not in the process "
+            "environment, so prometheus-client does not use it: /metrics shows this "
+            "process only. Export it before starting the API.",
+            settings.prometheus_multiproc_dir,
+        )
 
 
 def scrape(settings: Settings) -> bytes:

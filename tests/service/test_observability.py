@@ -110,3 +110,15 @@ def test_heartbeat_check(tmp_path: Path) -> None:
     assert check_heartbeat(path, 5)[0] is True
     stale, why = check_heartbeat(path, 5, now=time.time() + 60)
     assert stale is False and "hung or dead" in why
+
+
+def test_multiproc_dir_only_in_settings_falls_back_to_this_process(
+    make_app, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:  # noqa: ANN001
+    """prometheus-client reads PROMETHEUS_MULTIPROC_DIR from the environment; a value it
+    does not see must not empty the scrape (an empty directory would)."""
+    with caplog.at_level(logging.ERROR), _app(make_app, prometheus_multiproc_dir=tmp_path) as c:
+        c.get("/health/live")
+        text = c.get("/metrics").text
+    assert 'lora_http_requests_total{method="GET",route="/health/live",status="200"}' in text
+    assert "not in the process environment" in caplog.text
