@@ -1,5 +1,5 @@
 """Observability in-process: log formats, /metrics access rules, bounded adapter labels,
-the request id rules, the heartbeat check. (Real processes: tests/e2e/test_observability.py.)"""
+the request id rules, the heartbeat check. (Real processes: tests/e2e/test_observability_e2e.py.)"""
 
 from __future__ import annotations
 
