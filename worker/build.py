@@ -11,8 +11,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.core import store
 from service.core.job_spec import FinetuneLoraSpec, JobSpec, PretrainSpec, SpecMismatch
-from service.core.settings import Settings
+from service.core.settings import Settings, get_settings
 from service.db import model_records
 from service.db.tables import JobRecord
 
@@ -26,7 +27,9 @@ class JobFailure(Exception):
         self.message = message
 
 
-def load_base(factory: sessionmaker[Session], job: JobRecord) -> tuple[Any, Any]:
+def load_base(
+    factory: sessionmaker[Session], job: JobRecord, settings: Settings | None = None
+) -> tuple[Any, Any]:
     """The job's base network and its ``ModelMeta``, from the base model's record.
 
     Raises:
@@ -39,14 +42,16 @@ def load_base(factory: sessionmaker[Session], job: JobRecord) -> tuple[Any, Any]
     if base is None:
         raise JobFailure("base_model_missing", f"Base model {job.base_model_id} is not registered.")
     try:
-        return load_model(base.path)
+        return load_model(store.fetch(settings or get_settings(), base.path))
     except (OSError, CheckpointError) as exc:
         raise JobFailure(
             "base_model_unreadable", f"Cannot load base model {base.id} from {base.path}: {exc}"
         ) from exc
 
 
-def build_network(factory: sessionmaker[Session], job: JobRecord, spec: JobSpec) -> Any:
+def build_network(
+    factory: sessionmaker[Session], job: JobRecord, spec: JobSpec, settings: Settings | None = None
+) -> Any:
     """The network to train: a fresh MLP, a copy of the base model, or the base plus LoRA.
 
     Raises:
@@ -61,7 +66,7 @@ def build_network(factory: sessionmaker[Session], job: JobRecord, spec: JobSpec)
     torch.manual_seed(spec.seed)  # deterministic initialisation (MLP weights, lora_A)
     if isinstance(spec, PretrainSpec):
         return MLP(spec.mlp_config())
-    model, meta = load_base(factory, job)
+    model, meta = load_base(factory, job, settings)
     try:
         spec.check_against_base(meta.config)
     except SpecMismatch as exc:

@@ -19,7 +19,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.core.artifacts import epoch_checkpoint_dir, remove_tree
+from service.core import store
+from service.core.artifacts import epoch_checkpoint_dir
 from service.core.job_spec import FinetuneLoraSpec, JobSpec
 from service.core.settings import Settings
 from service.db import checkpoint_records
@@ -58,8 +59,9 @@ class EpochCheckpoints:
         """Where ``epoch``'s weights are written."""
         return epoch_checkpoint_dir(self.settings, self.job_id, epoch)
 
-    def write(self, epoch: int, model: Any) -> Path:
-        """Write ``model``'s weights after ``epoch`` (the adapter alone for LoRA jobs)."""
+    def write(self, epoch: int, model: Any) -> str:
+        """Write ``model``'s weights after ``epoch`` (the adapter alone for LoRA jobs) and
+        publish them to the artifact store; returns the ref."""
         from models.adapter_io import save_adapter
         from models.checkpoint import save_model
         from models.lora import AdapterWeights
@@ -79,12 +81,16 @@ class EpochCheckpoints:
                 parent_id=self.base_model_id,
                 extra={"job_id": self.job_id, "epoch": epoch},
             )
-        return directory
+        return store.publish(self.settings, directory)
 
     def record(self, session: Session, epoch: int, metrics: dict[str, float]) -> None:
         """Add ``epoch``'s checkpoint record and event (in the epoch's transaction)."""
         checkpoint_records.add_checkpoint(
-            session, self.job_id, epoch, metrics, str(self.directory(epoch))
+            session,
+            self.job_id,
+            epoch,
+            metrics,
+            store.ref_for(self.settings, self.directory(epoch)),
         )
         events.record_checkpoint(session, self.job_id, epoch, metrics)
 
@@ -103,7 +109,7 @@ class EpochCheckpoints:
             checkpoint_records.delete_checkpoints(session, self.job_id, dropped)
             session.commit()
         for epoch in dropped:
-            remove_tree(self.directory(epoch))
+            store.delete(self.settings, self.directory(epoch))
 
     def load_into(self, model: Any, epoch: int) -> None:
         """Put ``epoch``'s kept weights into ``model`` (in place, on its device).
@@ -115,8 +121,9 @@ class EpochCheckpoints:
         from models.checkpoint import load_model
         from models.lora import set_adapter_weights
 
+        directory = store.fetch(self.settings, store.ref_for(self.settings, self.directory(epoch)))
         if isinstance(self.spec, FinetuneLoraSpec):
-            set_adapter_weights(model, load_adapter(self.directory(epoch), model.config))
+            set_adapter_weights(model, load_adapter(directory, model.config))
             return
-        kept, _ = load_model(self.directory(epoch))
+        kept, _ = load_model(directory)
         model.load_state_dict(kept.state_dict())

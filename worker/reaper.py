@@ -20,7 +20,8 @@ from typing import Any
 
 from celery.signals import worker_ready
 
-from service.core.artifacts import checkpoint_dir, remove_tree
+from service.core import store
+from service.core.artifacts import checkpoint_dir
 from service.core.settings import Settings, get_settings
 from service.db.engine import session_factory
 from service.jobs.leases import ReapResult, reap
@@ -53,7 +54,7 @@ def reap_once(settings: Settings, send: Callable[[str], None] | None = None) -> 
             send=send,
         )
     for job_id in (*result.cancelled, *result.failed):
-        remove_tree(checkpoint_dir(settings, job_id))  # these jobs never resume
+        store.delete(settings, checkpoint_dir(settings, job_id))  # these jobs never resume
     if result:
         log.warning(
             "reaper: requeued %s, failed %s, cancelled %s, re-sent %s, send errors %s",

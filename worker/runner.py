@@ -43,17 +43,16 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.core import store
 from service.core.artifacts import (
     adapter_dir,
     checkpoint_dir,
     checkpoint_file,
     model_dir,
-    remove_tree,
 )
 from service.core.job_spec import (
     FinetuneLoraSpec,
@@ -75,6 +74,7 @@ from worker import observe
 from worker.build import JobFailure, build_network, load_base_digits, load_data
 from worker.checkpoints import EpochCheckpoints
 from worker.lease import LeaseKeeper, StopCheck, fence_after
+from worker.remote_state import drop_state, restore_state, save_state
 from worker.resume import prepare_resume
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def _finish_stopped(run: _Run, reason: str | None) -> str:
             with run.factory() as session:
                 checkpoint_records.delete_checkpoints(session, run.job.id)
                 session.commit()
-            remove_tree(checkpoint_dir(run.settings, run.job.id))
+            store.delete(run.settings, checkpoint_dir(run.settings, run.job.id))
         return "cancelled"
     return "lease_lost"
 
@@ -224,15 +224,17 @@ def _train_and_publish(run: _Run) -> str:
     base_digits = load_base_digits(run.settings, run.factory, job, spec)
     if base_digits is not None:
         base_digits = base_digits.to(device)
-    model = build_network(run.factory, job, spec)
+    model = build_network(run.factory, job, spec, run.settings)
     if stop.poll():
         return _finish_stopped(run, stop.reason)
     checkpoint = checkpoint_file(run.settings, job.id)
+    restore_state(run.settings, job.id)  # another host's state, with an s3:// store
     prepare_resume(run.factory, job, run.worker_id, checkpoint)
     kept = EpochCheckpoints(run.settings, job.id, job.base_model_id, spec)
 
     def on_epoch(metrics: Any) -> bool:
         observe.epoch_done(job.kind, metrics)
+        save_state(run.settings, job.id)  # with an s3:// store: resumable on another host
         values = metrics.as_dict()
         epoch = int(values.pop("epoch"))
         if base_digits is not None:
@@ -302,8 +304,9 @@ def _device_of(model: Any) -> Any:
     return next(model.parameters()).device
 
 
-def _write_artifact(run: _Run, spec: JobSpec, model: Any) -> tuple[str, Path]:
-    """Write the trained adapter (PEFT layout) or model; returns its id and directory."""
+def _write_artifact(run: _Run, spec: JobSpec, model: Any) -> tuple[str, str]:
+    """Write the trained adapter (PEFT layout) or model and publish it to the artifact
+    store; returns its id and ref."""
     from models.adapter_io import save_adapter
     from models.checkpoint import save_model
     from models.lora import AdapterWeights
@@ -320,7 +323,7 @@ def _write_artifact(run: _Run, spec: JobSpec, model: Any) -> tuple[str, Path]:
         save_model(
             directory, model, spec.classes, parent_id=job.base_model_id, extra={"job_id": job.id}
         )
-    return artifact_id, directory
+    return artifact_id, store.publish(run.settings, directory)
 
 
 def _register(
@@ -413,8 +416,8 @@ def _publish(
         with run.factory() as session:
             now = job_records.get_job(session, job.id)
         if now is None or now.status != "succeeded":
-            remove_tree(directory)
+            store.delete(run.settings, directory)
         return _finish_stopped(run, stop.poll())
-    checkpoint_file(run.settings, job.id).unlink(missing_ok=True)  # kept epochs stay
+    drop_state(run.settings, job.id)  # kept epochs stay
     sweep_plan.enqueue_all(follow_ups, run.settings, enqueue_job)  # a sweep's next jobs
     return "succeeded"

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from service.core.errors import ApiError
+from service.core import store
+from service.core.errors import ApiError, artifact_unavailable
+from service.core.settings import Settings, get_settings
 from service.db.adapter_records import require_adapter
 
 ARCHIVE_SLACK_BYTES = 1 << 20  # adapter_config.json and zip overhead on top of the weights
@@ -37,7 +39,9 @@ def zip_directory(directory: Path, max_bytes: int) -> bytes:
     return buffer.getvalue()
 
 
-def adapter_archive(session: Session, adapter_id: str, max_adapter_bytes: int) -> bytes:
+def adapter_archive(
+    session: Session, adapter_id: str, max_adapter_bytes: int, settings: Settings | None = None
+) -> bytes:
     """The adapter's PEFT directory as zip bytes (``adapter_config.json``,
     ``adapter_model.safetensors``).
 
@@ -50,7 +54,13 @@ def adapter_archive(session: Session, adapter_id: str, max_adapter_bytes: int) -
     """
     record = require_adapter(session, adapter_id)
     try:
-        return zip_directory(Path(record.path), max_adapter_bytes + ARCHIVE_SLACK_BYTES)
+        directory = store.fetch(settings or get_settings(), record.path)
+    except store.ArtifactUnavailable as exc:
+        if exc.code != "artifact_missing":  # corrupt, or the store unreachable: 503
+            raise artifact_unavailable("adapter", adapter_id, exc) from exc
+        directory = Path(record.path)  # gone: 410 below
+    try:
+        return zip_directory(directory, max_adapter_bytes + ARCHIVE_SLACK_BYTES)
     except (FileNotFoundError, ValueError) as exc:
         raise ApiError(
             410, "adapter_files_missing", f"Adapter {adapter_id}'s files are unavailable: {exc}"

@@ -11,15 +11,16 @@ import logging
 
 from sqlalchemy.orm import Session
 
-from service.core.artifacts import remove_tree
+from service.core import store
 from service.core.errors import not_found
+from service.core.settings import Settings, get_settings
 from service.db import adapter_records
 
 log = logging.getLogger(__name__)
 
 
-def delete_adapter(session: Session, adapter_id: str) -> None:
-    """Delete the adapter's record (committed), then its directory.
+def delete_adapter(session: Session, adapter_id: str, settings: Settings | None = None) -> None:
+    """Delete the adapter's record (committed), then its files (in the artifact store).
 
     Raises:
         ApiError: 404 ``adapter_not_found``.
@@ -28,5 +29,5 @@ def delete_adapter(session: Session, adapter_id: str) -> None:
     if record is None:
         raise not_found("adapter", adapter_id)
     session.commit()
-    remove_tree(record.path)
+    store.delete(settings or get_settings(), record.path)
     log.info("deleted adapter %s (%s)", adapter_id, record.path)

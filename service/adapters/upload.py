@@ -19,7 +19,6 @@ Every refusal is an :class:`~service.core.errors.ApiError` (4xx, error envelope)
 from __future__ import annotations
 
 import logging
-import shutil
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from models.adapter_io import (
 from models.checkpoint import write_dir_atomically
 from models.classifier import MLPConfig
 from models.lora import AdapterWeights
+from service.core import store
 from service.core.artifacts import adapter_dir
 from service.core.errors import ApiError
 from service.core.settings import Settings
@@ -292,6 +292,7 @@ def import_adapter(
         raise ApiError(422, exc.code, message, "files") from exc
     weights = holder["weights"]
     try:
+        ref = store.publish(settings, target)  # into the artifact store (s3:// or local)
         record = register_adapter(
             session,
             adapter_id=adapter_id,
@@ -302,12 +303,12 @@ def import_adapter(
             trainable_parameters=weights.n_parameters,
             classes=digits,
             test_accuracy=None,
-            path=str(target),
+            path=ref,
         )
         session.commit()
     except BaseException:
         session.rollback()
-        shutil.rmtree(target, ignore_errors=True)
+        store.delete(settings, target)
         raise
     log.info("imported adapter %s for model %s (%s)", adapter_id, base_model_id, target)
     return record

@@ -54,7 +54,7 @@ def read_adapter(adapter_id: str, session: SessionDep) -> AdapterOut:
 )
 def download_adapter(adapter_id: str, session: SessionDep, settings: SettingsDep) -> Response:
     """The adapter's PEFT directory as a zip (``adapter_config.json`` + safetensors)."""
-    data = adapter_archive(session, adapter_id, settings.max_adapter_bytes)
+    data = adapter_archive(session, adapter_id, settings.max_adapter_bytes, settings)
     return Response(
         data,
         media_type="application/zip",
@@ -63,9 +63,9 @@ def download_adapter(adapter_id: str, session: SessionDep, settings: SettingsDep
 
 
 @router.delete("/{adapter_id}", status_code=204, response_class=Response, responses=NOT_FOUND)
-def remove_adapter(adapter_id: str, session: SessionDep) -> Response:
+def remove_adapter(adapter_id: str, session: SessionDep, settings: SettingsDep) -> Response:
     """Delete the adapter: its record and its files (serving forgets it at once)."""
-    delete_adapter(session, adapter_id)
+    delete_adapter(session, adapter_id, settings)
     return Response(status_code=204)
 
 

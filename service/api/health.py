@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from service.api.deps import SettingsDep
 from service.api.errors import ErrorResponse, error_response
 from service.api.strict import StrictRoute
+from service.core import store
 from service.core.settings import Settings
 from service.db.engine import get_engine
 from service.db.migrations import require_migrated
@@ -65,13 +66,15 @@ def check_broker(settings: Settings) -> str | None:
 
 
 def check_artifact_store(settings: Settings) -> str | None:
-    """None when ``ARTIFACT_DIR`` exists (created if missing) and takes a file, else why."""
+    """None when ``ARTIFACT_DIR`` exists (created if missing) and takes a file and, with an
+    ``s3://`` ``ARTIFACT_URL``, the bucket answers; else why."""
     probe = settings.artifact_dir / f".ready-{secrets.token_hex(4)}"
     try:
         settings.artifact_dir.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"ok")
         os.unlink(probe)
-    except OSError as exc:
+        store.get_store(settings).check()
+    except (OSError, ValueError) as exc:
         return f"artifact_store: {exc}"
     return None
 

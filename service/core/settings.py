@@ -217,6 +217,36 @@ class Settings(BaseSettings):
 
     # --- end issue 14 ---
 
+    # --- issue 15: artifact store (object storage), GPU routing, retention ---
+    artifact_url: str = Field(
+        "",
+        description="Where artifacts are kept: empty = ARTIFACT_DIR itself (one shared "
+        "filesystem), or `s3://bucket/prefix` (MinIO or any S3-compatible store); then "
+        "ARTIFACT_DIR is only this process's scratch space and cache.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint (e.g. `http://minio:9000`); unset: AWS's own."
+    )
+    s3_access_key_id: str | None = Field(None, description="S3 access key id.")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret access key.")
+    s3_region: str = Field("us-east-1", description="S3 region name.")
+    artifact_cache_bytes: int = Field(
+        2_000_000_000,
+        ge=0,
+        description="Bytes of downloaded artifacts a process keeps under ARTIFACT_DIR/.cache "
+        "(least recently used evicted first; only with an `s3://` ARTIFACT_URL).",
+    )
+
+    @field_validator("artifact_url")
+    @classmethod
+    def _artifact_url_is_s3(cls, value: str) -> str:
+        value = value.strip()
+        if value and (not value.startswith("s3://") or not value[5:].split("/")[0]):
+            raise ValueError(f"ARTIFACT_URL must be empty or s3://bucket[/prefix], not {value!r}")
+        return value
+
+    # --- end issue 15 ---
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from sqlalchemy.orm import Session
 
+from service.core import store
 from service.core.artifacts import adapter_dir, model_dir
 from service.core.errors import ApiError, artifact_unavailable
 from service.core.job_spec import FinetuneLoraSpec, parse_stored
@@ -88,13 +89,14 @@ def publish_checkpoint(session: Session, settings: Settings, job_id: str, epoch:
         return Published(getter(session, existing), False)
     spec = parse_stored(job.kind, job.config)
     ident = published_id(job, epoch)
-    source = Path(checkpoint.path)
     try:
+        source = store.fetch(settings, checkpoint.path)
         if isinstance(spec, FinetuneLoraSpec):
             base = model_records.require_model(session, job.base_model_id or "")
             weights = load_adapter(source, MLPConfig.from_dict(dict(base.architecture)))
             target = adapter_dir(settings, ident)
             _copy(source, target)
+            ref = store.publish(settings, target)
             record: ModelRecord | AdapterRecord = adapter_records.register_adapter(
                 session,
                 adapter_id=ident,
@@ -105,12 +107,13 @@ def publish_checkpoint(session: Session, settings: Settings, job_id: str, epoch:
                 trainable_parameters=weights.n_parameters,
                 classes=spec.classes,
                 test_accuracy=None,
-                path=str(target),
+                path=ref,
             )
         else:
             network, meta = load_model(source)
             target = model_dir(settings, ident)
             _copy(source, target)
+            ref = store.publish(settings, target)
             record = model_records.register_model(
                 session,
                 model_id=ident,
@@ -121,7 +124,7 @@ def publish_checkpoint(session: Session, settings: Settings, job_id: str, epoch:
                 architecture=network.config.to_dict(),
                 n_parameters=count_parameters(network),
                 test_accuracy=None,
-                path=str(target),
+                path=ref,
             )
     except (OSError, CheckpointError, ValueError) as exc:
         raise artifact_unavailable("checkpoint", f"{job_id} epoch {epoch}", exc) from exc

@@ -39,6 +39,7 @@ from models.checkpoint import load_model
 from models.classifier import MLP
 from models.lora import AdapterWeights
 from models.multi_lora import AdapterBatch, enable_multi_lora
+from service.core import store
 from service.core.errors import ApiError, adapter_model_mismatch, artifact_unavailable, not_found
 from service.core.settings import Settings
 from service.db import adapter_records, model_records
@@ -186,7 +187,7 @@ class BatchExecutor:
 
         def load() -> LoadedModel:
             try:
-                model, meta = load_model(r.model_path)
+                model, meta = load_model(store.fetch(self.settings, r.model_path))
             except (OSError, ValueError) as exc:
                 log.exception("cannot load model %s from %s", r.model_id, r.model_path)
                 raise artifact_unavailable("model", r.model_id, exc) from exc
@@ -217,7 +218,9 @@ class BatchExecutor:
         def load() -> LoadedAdapter:
             try:
                 weights = load_adapter(
-                    path, base.model.config, max_bytes=self.settings.max_adapter_bytes
+                    store.fetch(self.settings, path),
+                    base.model.config,
+                    max_bytes=self.settings.max_adapter_bytes,
                 )
             except (OSError, ValueError) as exc:
                 log.exception("cannot load adapter %s from %s", adapter_id, path)
