@@ -269,8 +269,10 @@ class S3Store:
         entry = self.cache_dir / f"{_cache_stem(key)}{manifest['version']}"
         with self._lock:
             if entry.is_dir():
-                os.utime(entry)
-                return entry
+                if _entry_intact(entry, manifest):
+                    os.utime(entry)
+                    return entry
+                shutil.rmtree(entry, ignore_errors=True)  # damaged locally: fetch again
         tmp = self.cache_dir / f".tmp-{secrets.token_hex(6)}"
         tmp.mkdir(parents=True)
         try:
@@ -367,6 +369,16 @@ class S3Store:
                 continue
             total -= _dir_bytes(entry)
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def _entry_intact(entry: Path, manifest: dict[str, Any]) -> bool:
+    """True when every file of ``manifest`` is in the cache entry with its size (the
+    sha256 was checked when it was downloaded)."""
+    for name, want in manifest["files"].items():
+        path = entry / Path(name).name
+        if not path.is_file() or path.stat().st_size != want["size"]:
+            return False
+    return True
 
 
 def _cache_stem(key: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-for helper_dir in (HERE, HERE.parent / "e2e"):
+for helper_dir in (HERE, HERE.parent / "e2e", HERE.parent / "robustness"):
     if str(helper_dir) not in sys.path:
         sys.path.insert(0, str(helper_dir))
 

@@ -40,6 +40,9 @@ def test_put_dir_publishes_a_manifest_and_fetch_verifies(s3_settings: Settings) 
     fetched = store.fetch(s3_settings, ref)
     assert (fetched / "a.bin").read_bytes() == b"x" * 1000
     assert fetched.is_relative_to(s3_settings.artifact_dir / store.CACHE_DIRNAME)
+    assert store.fetch(s3_settings, ref) == fetched  # a cache hit
+    (fetched / "a.bin").write_bytes(b"x" * 10)  # damaged on this host: downloaded again
+    assert (store.fetch(s3_settings, ref) / "a.bin").read_bytes() == b"x" * 1000
 
     # Republishing the key replaces the version whole; the old version's objects go.
     old = manifest["version"]
