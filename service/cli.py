@@ -100,14 +100,14 @@ def worker_argv(settings: Settings, name: str | None = None) -> list[str]:
     ``--broker`` is explicit because Celery's CLI would otherwise read the ``BROKER_URL``
     environment variable itself, bypassing :func:`service.jobs.queue.broker_params`.
     """
-    from service.jobs.queue import broker_params
+    from service.jobs.queue import broker_params, worker_queues
 
     return [
         f"--broker={broker_params(settings.broker_url)[0]}",
         "worker",
         "--pool=solo",
         "--concurrency=1",
-        f"--queues={settings.training_queue}",
+        f"--queues={','.join(worker_queues(settings))}",
         f"--loglevel={settings.log_level}",
         f"--hostname={name or f'worker{os.getpid()}'}@%h",
         "--without-mingle",
@@ -119,6 +119,11 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Run one Celery worker (solo pool: jobs run in this process, one at a time)."""
     if code := check_database(settings):
         return code
+    from worker.device import startup_problem
+
+    if problem := startup_problem(settings):
+        print(f"lora-service worker: refusing to start: {problem}", file=sys.stderr)
+        return 2
     from worker.celery_app import worker_app
 
     code = 0

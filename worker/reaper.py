@@ -24,6 +24,7 @@ from service.core import store
 from service.core.artifacts import checkpoint_dir
 from service.core.settings import Settings, get_settings
 from service.db.engine import session_factory
+from service.jobs.device_wait import fail_unclaimed_cuda_jobs
 from service.jobs.leases import ReapResult, reap
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ def reap_once(settings: Settings, send: Callable[[str], None] | None = None) -> 
             resend_after=float(settings.visibility_timeout),
             send=send,
         )
+        result.failed.extend(fail_unclaimed_cuda_jobs(session, settings.gpu_wait_seconds))
     for job_id in (*result.cancelled, *result.failed):
         store.delete(settings, checkpoint_dir(settings, job_id))  # these jobs never resume
     if result:

@@ -42,7 +42,7 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -73,6 +73,7 @@ from service.jobs.sweeps import plan as sweep_plan
 from worker import observe
 from worker.build import JobFailure, build_network, load_base_digits, load_data
 from worker.checkpoints import EpochCheckpoints
+from worker.device import record_device, resolve_device
 from worker.lease import LeaseKeeper, StopCheck, fence_after
 from worker.remote_state import drop_state, restore_state, save_state
 from worker.resume import prepare_resume
@@ -183,6 +184,7 @@ class _Run:
     factory: sessionmaker[Session]
     worker_id: str
     stop: StopCheck
+    device: dict[str, str] = field(default_factory=dict)  # what it trained on (test_metrics)
 
 
 def job_spec_of(job: JobRecord) -> JobSpec:
@@ -215,12 +217,13 @@ def _finish_stopped(run: _Run, reason: str | None) -> str:
 
 
 def _train_and_publish(run: _Run) -> str:
-    from models.training import base_digits_accuracy, pick_device, train
+    from models.training import base_digits_accuracy, train
 
     job, stop = run.job, run.stop
     spec = job_spec_of(job)
     splits = load_data(run.settings, spec)
-    device = pick_device()
+    device, device_name = resolve_device(spec.device)
+    run.device = record_device(run.factory, job.id, device.type, device_name)
     base_digits = load_base_digits(run.settings, run.factory, job, spec)
     if base_digits is not None:
         base_digits = base_digits.to(device)
@@ -380,6 +383,7 @@ def _publish(
         "selected_epoch": selected,
         "stopped_early": result.stopped_early,
         "base_test_accuracy": base_test,
+        **run.device,
     }
     if stop.poll():
         return _finish_stopped(run, stop.reason)

@@ -165,6 +165,12 @@ class JobSpec(BaseModel):
     early_stopping: EarlyStoppingSpec | None = Field(
         None, description="Stop once a validation metric stops improving; off when null."
     )
+    device: Literal["auto", "cpu", "cuda"] = Field(  # issue 15: routed by service.jobs.queue
+        "auto",
+        description="Where to train: `auto` (the ordinary queue; CUDA when the worker has "
+        "it), `cpu`, or `cuda` (the GPU queue; fails `no_gpu_worker` when no GPU worker "
+        "takes it within GPU_WAIT_SECONDS).",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -237,6 +237,24 @@ class Settings(BaseSettings):
         "(least recently used evicted first; only with an `s3://` ARTIFACT_URL).",
     )
 
+    gpu_training_queue: str = Field(
+        "training-gpu",
+        description='Celery queue of jobs whose config says `"device": "cuda"` (GPU workers '
+        "consume it and TRAINING_QUEUE; `auto` and `cpu` jobs go to TRAINING_QUEUE).",
+    )
+    worker_device: Literal["cpu", "cuda"] = Field(
+        "cpu",
+        description="What a worker trains on: a `cuda` worker consumes GPU_TRAINING_QUEUE "
+        "too and refuses to start without a CUDA device (so does any worker told to consume "
+        "GPU_TRAINING_QUEUE through TRAINING_QUEUE).",
+    )
+    gpu_wait_seconds: float = Field(
+        600.0,
+        gt=0,
+        description='A `"device": "cuda"` job still queued after this long (no GPU worker '
+        "took it) ends `failed` with code `no_gpu_worker` (checked by every worker's reaper).",
+    )
+
     @field_validator("artifact_url")
     @classmethod
     def _artifact_url_is_s3(cls, value: str) -> str:

@@ -106,17 +106,36 @@ def get_celery(settings: Settings | None = None) -> Celery:
     return _APPS[key]
 
 
-def enqueue_job(job_id: str, settings: Settings | None = None) -> None:
-    """Send ``run_job(job_id)`` to the training queue. Call only after the job row is committed.
+def queue_for_device(device: str, settings: Settings) -> str:
+    """The queue a job with ``device`` (``auto`` | ``cpu`` | ``cuda``) goes to:
+    ``GPU_TRAINING_QUEUE`` for ``cuda``, else ``TRAINING_QUEUE`` (GPU workers consume both)."""
+    return settings.gpu_training_queue if device == "cuda" else settings.training_queue
+
+
+def worker_queues(settings: Settings) -> list[str]:
+    """The queues a worker consumes: a ``cuda`` worker (``WORKER_DEVICE``) the GPU queue
+    first, then the ordinary one; a CPU worker the ordinary one."""
+    if settings.worker_device == "cuda" and settings.gpu_training_queue != settings.training_queue:
+        return [settings.gpu_training_queue, settings.training_queue]
+    return [settings.training_queue]
+
+
+def enqueue_job(job_id: str, settings: Settings | None = None, device: str | None = None) -> None:
+    """Send ``run_job(job_id)`` to its queue (:func:`queue_for_device` of the job's
+    ``device``, read from its row when not given). Call only after the job row is committed.
 
     Raises:
         kombu / redis errors when the broker is unreachable (after kombu's short retry).
     """
     settings = settings or get_settings()
+    if device is None:
+        from service.db.job_devices import device_of_job
+
+        device = device_of_job(settings.database_url, job_id)
     get_celery(settings).send_task(
         RUN_JOB_TASK,
         args=[job_id],
-        queue=settings.training_queue,
+        queue=queue_for_device(device, settings),
         retry=True,
         retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
     )

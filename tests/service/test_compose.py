@@ -23,7 +23,7 @@ from service.cli import PROCESS_COMMANDS, worker_argv
 from service.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_SERVICES = ("migrate", "api", "worker")
+APP_SERVICES = ("migrate", "api", "worker", "worker-gpu")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def _env(service: dict[str, Any]) -> dict[str, str]:
 def test_commands_are_the_ones_the_tests_run(compose: dict[str, Any]) -> None:
     e2e = _e2e_commands()
     services = compose["services"]
-    for name in APP_SERVICES:
+    for name in ("migrate", "api", "worker"):  # worker-gpu: see the GPU test below
         command = services[name]["command"]
         expected = PROCESS_COMMANDS[name]
         assert e2e[name] == expected
@@ -118,12 +118,67 @@ def test_stack_shape(compose: dict[str, Any]) -> None:
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     # scalable: --scale worker=N needs no fixed name or published port
     assert "container_name" not in services["worker"] and "ports" not in services["worker"]
-    # one artifact volume, mounted where ARTIFACT_DIR says, in the API and every worker
-    for name in ("api", "worker"):
+    # no artifact volume: the API and the workers share only the object store (MinIO)
+    for name in ("api", "worker", "worker-gpu"):
         mounts = dict(v.split(":", 1) for v in services[name]["volumes"])
-        assert mounts["artifacts"] == _env(services[name])["ARTIFACT_DIR"]
-    assert "artifacts" in compose["volumes"]
+        assert _env(services[name])["ARTIFACT_DIR"] not in mounts.values(), name
+    assert "artifacts" not in compose["volumes"]
     assert services["api"]["build"] == services["worker"]["build"] == "."
+
+
+def test_artifacts_go_to_the_minio_bucket(compose: dict[str, Any]) -> None:
+    """ARTIFACT_URL names the bucket the one-shot ``minio-bucket`` service creates, the
+    endpoint is the ``minio`` service, the keys are MinIO's root credentials, and every app
+    service waits for the bucket."""
+    services = compose["services"]
+    minio_env = _env(services["minio"])
+    create = " ".join(services["minio-bucket"]["command"])
+    assert services["minio-bucket"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert services["minio-bucket"]["restart"] == "no"
+    for name in APP_SERVICES:
+        env = _env(services[name])
+        settings = Settings(
+            _env_file=None, **{k.lower(): v for k, v in env.items() if "$" not in v}
+        )
+        assert settings.artifact_url.startswith("s3://"), name
+        bucket = settings.artifact_url.removeprefix("s3://").split("/")[0]
+        assert f"mb --ignore-existing store/{bucket}" in create
+        assert env["S3_ENDPOINT_URL"] == "http://minio:9000" and "9000" in create
+        assert env["S3_ACCESS_KEY_ID"] == minio_env["MINIO_ROOT_USER"]
+        assert env["S3_SECRET_ACCESS_KEY"] == minio_env["MINIO_ROOT_PASSWORD"]
+        if name != "migrate":
+            cond = services[name]["depends_on"]["minio-bucket"]["condition"]
+            assert cond == "service_completed_successfully", name
+
+
+def test_gpu_worker_consumes_the_gpu_queue_on_an_nvidia_device(compose: dict[str, Any]) -> None:
+    """The ``gpu`` profile's worker: a CUDA image, the NVIDIA reservation, and settings that
+    make ``lora-service worker`` consume the GPU queue the API routes ``cuda`` jobs to."""
+    from service.jobs.queue import queue_for_device, worker_queues
+
+    services = compose["services"]
+    gpu = services["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"] and "profiles" not in services["worker"]
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert "FROM pytorch/pytorch:" in (ROOT / gpu["build"]["dockerfile"]).read_text()
+    assert "cuda" in (ROOT / gpu["build"]["dockerfile"]).read_text()
+    assert gpu["command"][: len(PROCESS_COMMANDS["worker"])] == PROCESS_COMMANDS["worker"]
+
+    def settings_of(name: str) -> Settings:
+        env = _env(services[name])
+        return Settings(_env_file=None, **{k.lower(): v for k, v in env.items() if "$" not in v})
+
+    api, cpu_worker, gpu_worker = (settings_of(n) for n in ("api", "worker", "worker-gpu"))
+    assert gpu_worker.worker_device == "cuda" and cpu_worker.worker_device == "cpu"
+    assert worker_queues(gpu_worker) == [api.gpu_training_queue, api.training_queue]
+    assert worker_queues(cpu_worker) == [api.training_queue]
+    assert queue_for_device("cuda", api) in worker_queues(gpu_worker)
+    assert queue_for_device("cuda", api) not in worker_queues(cpu_worker)
+    for device_name in ("auto", "cpu"):
+        assert queue_for_device(device_name, api) in worker_queues(cpu_worker)
+    argv = worker_argv(gpu_worker)
+    assert f"--queues={api.gpu_training_queue},{api.training_queue}" in argv
 
 
 def test_dockerfile_is_one_image_of_the_project() -> None:
@@ -162,9 +217,10 @@ def test_probes_and_prometheus_find_every_process(compose: dict[str, Any]) -> No
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
-def test_docker_compose_config_validates() -> None:
+@pytest.mark.parametrize("profile", [[], ["--profile", "gpu"]], ids=["default", "gpu"])
+def test_docker_compose_config_validates(profile: list[str]) -> None:
     result = subprocess.run(
-        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), *profile, "config", "-q"],
         env={"API_KEYS": "k1,k2", "METRICS_TOKEN": "t", "PATH": "/usr/bin:/bin:/usr/local/bin"},
         capture_output=True,
         text=True,
