@@ -165,6 +165,25 @@ def cmd_dev(_: argparse.Namespace, settings: Settings) -> int:
     return manager.returncode or 0
 
 
+def cmd_gc(args: argparse.Namespace, settings: Settings) -> int:
+    """Expire old checkpoints (CHECKPOINT_RETENTION_SECONDS) and delete the artifacts no
+    record points to (older than ``--min-age``); prints each key and the store's bytes."""
+    if code := check_database(settings):
+        return code
+    from service.core import store
+    from service.db.engine import session_factory
+    from service.jobs.retention import collect_garbage
+
+    with session_factory(settings.database_url)() as session:
+        keys = collect_garbage(session, settings, args.min_age, args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    for key in keys:
+        print(f"{verb} {key}")
+    usage = store.get_store(settings).usage_bytes()
+    print(f"lora-service gc: {verb} {len(keys)} artifacts; the store holds {usage} bytes")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``lora-service`` argument parser."""
     parser = argparse.ArgumentParser(prog="lora-service", description=__doc__.split("\n")[0])
@@ -192,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     dem = sub.add_parser("demo", help="start the embedded stack and run `compare` on it")
     compare.add_arguments(dem)
     dem.set_defaults(func=demo.demo)
+    gc = sub.add_parser("gc", help="delete artifacts no record points to; expire checkpoints")
+    gc.add_argument("--dry-run", action="store_true", help="list, delete nothing")
+    gc.add_argument(
+        "--min-age", type=float, default=3600.0,
+        help="seconds: younger objects are kept (an upload whose record is not yet committed)",
+    )  # fmt: skip
+    gc.set_defaults(func=cmd_gc)
     commands.add_commands(sub)
     return parser
 

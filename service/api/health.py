@@ -35,6 +35,9 @@ class HealthOut(BaseModel):
     database: str = Field(description='"ok".')
     broker: str = Field(description='"ok".')
     artifact_store: str = Field(description='"ok".')
+    artifact_store_bytes: int | None = Field(
+        None, description="Bytes the artifact store holds (recounted at most once a minute)."
+    )
 
 
 class LiveOut(BaseModel):
@@ -96,7 +99,13 @@ def ready(settings: SettingsDep) -> HealthOut | JSONResponse:
         log.warning("readiness check failed: %s", "; ".join(problems))
         failing = " and ".join(p.split(":", 1)[0] for p in problems)
         return error_response(503, "unhealthy", f"Unreachable or not ready: {failing}.")
-    return HealthOut(status="ok", database="ok", broker="ok", artifact_store="ok")
+    return HealthOut(
+        status="ok",
+        database="ok",
+        broker="ok",
+        artifact_store="ok",
+        artifact_store_bytes=store.usage_bytes_cached(settings),
+    )
 
 
 @router.get("/health", response_model=HealthOut, responses={503: {"model": ErrorResponse}})

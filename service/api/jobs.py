@@ -16,6 +16,7 @@ from service.core.job_spec import JobCreate
 from service.core.vocab import JobKind, JobStatus
 from service.db import job_records, metric_records
 from service.jobs.queue import enqueue_job
+from service.jobs.retention import delete_job
 from service.jobs.submit import cancel_job, submit_job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=StrictRoute)
@@ -97,6 +98,19 @@ def read_job(job_id: str, session: SessionDep) -> JobOut:
     """One job: status, config with defaults, times, progress, result or error."""
     job = job_records.require_job(session, job_id)
     return job_out(job)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    response_class=Response,
+    responses={**NOT_FOUND, 409: {"model": ErrorResponse, "description": "Not finished."}},
+)
+def remove_job(job_id: str, session: SessionDep, settings: SettingsDep) -> Response:
+    """Delete a finished job with its checkpoints, events and metrics (409
+    ``job_not_finished`` while queued or running); its model or adapter stays."""
+    delete_job(session, settings, job_id)
+    return Response(status_code=204)
 
 
 @router.post(

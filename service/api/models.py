@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
-from service.api.deps import SessionDep
+from service.api.deps import SessionDep, SettingsDep
 from service.api.errors import ErrorResponse
 from service.api.pagination import PageDep
 from service.api.schemas import ModelOut, Page, model_out
 from service.api.strict import StrictRoute
 from service.core.vocab import LEGACY_MODEL_KINDS, MODEL_KINDS
 from service.db import model_records
+from service.jobs.retention import delete_model
 
 router = APIRouter(prefix="/models", tags=["models"], route_class=StrictRoute)
 KindQuery = Literal[(*MODEL_KINDS, *LEGACY_MODEL_KINDS)]  # type: ignore[valid-type]
@@ -44,3 +45,27 @@ def list_models(
 def read_model(model_id: str, session: SessionDep) -> ModelOut:
     """One model: classes, parameter count, test accuracy, job and parent."""
     return model_out(model_records.require_model(session, model_id))
+
+
+@router.delete(
+    "/{model_id}",
+    status_code=204,
+    response_class=Response,
+    responses={
+        404: {"model": ErrorResponse},
+        409: {"model": ErrorResponse, "description": "Adapters, models or jobs depend on it."},
+    },
+)
+def remove_model(
+    model_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    cascade: Annotated[
+        bool,
+        Query(description="Also delete its adapters and the models fine-tuned from it."),
+    ] = False,
+) -> Response:
+    """Delete the model, its files and (``cascade``) what was trained on it; 409
+    ``model_in_use`` while dependents exist (unfinished jobs always: cancel them first)."""
+    delete_model(session, settings, model_id, cascade)
+    return Response(status_code=204)

@@ -183,3 +183,4 @@ class Health(TypedDict):
     database: str
     broker: str
     artifact_store: str
+    artifact_store_bytes: int | None

@@ -255,6 +255,13 @@ class Settings(BaseSettings):
         "took it) ends `failed` with code `no_gpu_worker` (checked by every worker's reaper).",
     )
 
+    checkpoint_retention_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="`lora-service gc` deletes the kept checkpoints of jobs finished longer "
+        "ago than this (s); unset: kept until the job is deleted.",
+    )
+
     @field_validator("artifact_url")
     @classmethod
     def _artifact_url_is_s3(cls, value: str) -> str:

@@ -102,10 +102,35 @@ class LocalStore:
     def delete(self, ref_or_key: str) -> None:
         """Remove an artifact (a ref, or a key prefix such as ``checkpoints/job_x``)."""
         path = Path(ref_or_key)
+        if not path.is_absolute() and ref_or_key.endswith("/state"):  # the state is a file
+            state = self.local_dir(ref_or_key).parent / "training_state.safetensors"
+            state.unlink(missing_ok=True)
+            return
         shutil.rmtree(path if path.is_absolute() else self.local_dir(ref_or_key), True)
 
     def check(self) -> None:
         """Nothing to reach beyond ``ARTIFACT_DIR`` (the readiness probe writes there)."""
+
+    def artifacts(self, top: str) -> list[tuple[str, float]]:
+        """``(key, modified unix time)`` of every artifact under ``top`` (``models``,
+        ``adapters``: one level; ``checkpoints``: ``checkpoints/{job}/{epoch dir}``, and
+        ``checkpoints/{job}/state`` for a training-state file)."""
+        base = self.root / top
+        if not base.is_dir():
+            return []
+        found = []
+        for entry in base.iterdir():
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            if top != "checkpoints":
+                found.append((f"{top}/{entry.name}", entry.stat().st_mtime))
+                continue
+            for sub in entry.iterdir():
+                if sub.is_dir() and not sub.name.startswith("."):
+                    found.append((f"{top}/{entry.name}/{sub.name}", sub.stat().st_mtime))
+                elif sub.name == "training_state.safetensors":
+                    found.append((f"{top}/{entry.name}/state", sub.stat().st_mtime))
+        return found
 
     def usage_bytes(self) -> int:
         """Bytes under ``models/``, ``adapters/`` and ``checkpoints/``."""
@@ -323,6 +348,22 @@ class S3Store:
                 "artifact_store_unreachable", f"{self.bucket}: {exc}"
             ) from exc
 
+    def artifacts(self, top: str) -> list[tuple[str, float]]:
+        """``(key, manifest's LastModified as unix time)`` of every published artifact
+        under ``top`` (``models``, ``adapters``, ``checkpoints``)."""
+        head = self._object(f"{top}/")
+        found = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=head
+        ):
+            for obj in page.get("Contents", []):
+                if obj["Key"].endswith(f"/{MANIFEST}"):
+                    key = self.key_of(f"s3://{self.bucket}/{obj['Key']}").removesuffix(
+                        f"/{MANIFEST}"
+                    )
+                    found.append((key, obj["LastModified"].timestamp()))
+        return found
+
     def cached_bytes(self) -> int:
         """Bytes in the local cache now."""
         return sum(_dir_bytes(e) for e in self._entries())
@@ -464,3 +505,25 @@ def ref_for(settings: Settings, local_dir: Path) -> str:
     if isinstance(store, S3Store):
         return store.ref(key_of_dir(settings, local_dir))
     return str(Path(local_dir).resolve())
+
+
+_USAGE: dict[tuple, tuple[float, int]] = {}
+USAGE_TTL_SECONDS = 60.0
+
+
+def usage_bytes_cached(settings: Settings) -> int | None:
+    """The store's bytes (:meth:`usage_bytes`), recounted at most every
+    :data:`USAGE_TTL_SECONDS`; None when it cannot be counted now."""
+    import time
+
+    key = (settings.artifact_url, str(settings.artifact_dir))
+    now = time.monotonic()
+    hit = _USAGE.get(key)
+    if hit is not None and now - hit[0] < USAGE_TTL_SECONDS:
+        return hit[1]
+    try:
+        value = get_store(settings).usage_bytes()
+    except OSError:
+        return None
+    _USAGE[key] = (now, value)
+    return value
