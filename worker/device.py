@@ -28,23 +28,6 @@ def resolve_device(requested: str) -> tuple[Any, str]:
     return device, torch.cuda.get_device_name(device) if use_cuda else "cpu"
 
 
-def record_device(factory: Any, job_id: str, device: str, device_name: str) -> dict[str, str]:
-    """Record on the job's event stream what it trains on (``message`` event ``device``,
-    once per job); returns ``{"device", "device_name"}`` for its ``test_metrics``."""
-    from service.db.retry import retry_locked
-    from service.jobs import events
-
-    figures = {"device": device, "device_name": device_name}
-
-    def write(session: Any) -> None:
-        events.record_message(session, job_id, "device", f"training on {device_name}", figures)
-        session.commit()
-
-    with factory() as session:
-        retry_locked(session, lambda: write(session))
-    return figures
-
-
 def startup_problem(settings: Settings, cuda_available: bool | None = None) -> str | None:
     """Why this worker must not start (None when it may): it would consume
     ``GPU_TRAINING_QUEUE`` (``WORKER_DEVICE=cuda``, or ``TRAINING_QUEUE`` set to it) on a

@@ -73,7 +73,7 @@ from service.jobs.sweeps import plan as sweep_plan
 from worker import observe
 from worker.build import JobFailure, build_network, load_base_digits, load_data
 from worker.checkpoints import EpochCheckpoints
-from worker.device import record_device, resolve_device
+from worker.device import resolve_device
 from worker.lease import LeaseKeeper, StopCheck, fence_after
 from worker.remote_state import drop_state, restore_state, save_state
 from worker.resume import prepare_resume
@@ -223,7 +223,8 @@ def _train_and_publish(run: _Run) -> str:
     spec = job_spec_of(job)
     splits = load_data(run.settings, spec)
     device, device_name = resolve_device(spec.device)
-    run.device = record_device(run.factory, job.id, device.type, device_name)
+    run.device = {"device": device.type, "device_name": device_name}
+    log.info("job %s trains on %s (%s)", job.id, device.type, device_name)
     base_digits = load_base_digits(run.settings, run.factory, job, spec)
     if base_digits is not None:
         base_digits = base_digits.to(device)

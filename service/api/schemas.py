@@ -74,6 +74,8 @@ class JobResult(BaseModel):
     stopped_early: str | None = Field(
         None, description="Why training ended before config.epochs (early stopping), if it did."
     )
+    device: str | None = Field(None, description="What it trained on: `cpu` or `cuda`.")
+    device_name: str | None = Field(None, description="The GPU model (`cpu` on a CPU).")
 
 
 class JobErrorOut(BaseModel):
@@ -239,6 +241,8 @@ def job_out(job: JobRecord, now: datetime | None = None) -> JobOut:
             test_accuracy=finite(job.test_accuracy),
             selected_epoch=(job.test_metrics or {}).get("selected_epoch"),
             stopped_early=(job.test_metrics or {}).get("stopped_early"),
+            device=(job.test_metrics or {}).get("device"),
+            device_name=(job.test_metrics or {}).get("device_name"),
         )
     error = None
     if job.error_code is not None:

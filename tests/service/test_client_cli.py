@@ -312,6 +312,7 @@ def test_client_unreachable_and_health(client: Client) -> None:
         "database": "ok",
         "broker": "ok",
         "artifact_store": "ok",
+        "artifact_store_bytes": 0,  # an empty store
     }
     with Client(f"http://127.0.0.1:{free_port()}", api_key="") as down:
         with pytest.raises(ServiceError) as info:

@@ -134,6 +134,7 @@ def test_two_hosts_share_only_the_store(hosts: Stack, s3_server: S3Server) -> No
         assert f"job {job_id}: training state restored from the store" in out
         assert f"job {job_id} resumes after epoch 1 (attempt 2)" in out
         adapter_id = final["result"]["adapter_id"]
+        assert (final["result"]["device"], final["result"]["device_name"]) == ("cpu", "cpu")
         keys = _bucket_keys(s3_server, stack)
         assert f"artifacts/adapters/{adapter_id}/manifest.json" in keys
         assert not any(k.startswith(f"artifacts/checkpoints/{job_id}/state/") for k in keys)

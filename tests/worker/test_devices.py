@@ -19,7 +19,7 @@ from service.core.job_spec import SPECS
 from service.db import job_records
 from service.db.engine import session_scope
 from service.db.job_devices import device_of_job
-from service.db.tables import JobEventRecord, JobRecord, utcnow
+from service.db.tables import JobRecord, utcnow
 from service.jobs.queue import queue_for_device, worker_queues
 from worker import reaper, runner
 from worker.device import startup_problem
@@ -63,9 +63,10 @@ def test_a_cpu_job_records_its_device(migrated) -> None:
     assert runner.run_job(job_id, migrated, worker_id="w") == "succeeded"
     job = _job(migrated, job_id)
     assert job.test_metrics["device"] == "cpu" and job.test_metrics["device_name"] == "cpu"
-    with session_scope(migrated.database_url) as s:
-        facts = {e.fact: e.data for e in s.query(JobEventRecord).filter_by(job_id=job_id)}
-    assert facts["message:device"] == {"device": "cpu", "device_name": "cpu"}
+    auto = _submit(migrated, TINY)
+    assert runner.run_job(auto, migrated, worker_id="w") == "succeeded"
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert _job(migrated, auto).test_metrics["device"] == expected
 
 
 @NO_CUDA
