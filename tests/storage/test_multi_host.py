@@ -137,7 +137,12 @@ def test_two_hosts_share_only_the_store(hosts: Stack, s3_server: S3Server) -> No
         assert (final["result"]["device"], final["result"]["device_name"]) == ("cpu", "cpu")
         keys = _bucket_keys(s3_server, stack)
         assert f"artifacts/adapters/{adapter_id}/manifest.json" in keys
-        assert not any(k.startswith(f"artifacts/checkpoints/{job_id}/state/") for k in keys)
+        state = f"artifacts/checkpoints/{job_id}/state/"
+        wait_for(  # removed right after the success commit that the API already shows
+            lambda: not any(k.startswith(state) for k in _bucket_keys(s3_server, stack)),
+            15,
+            "the training state removed from the store",
+        )
         assert {
             f"artifacts/checkpoints/{job_id}/epoch-000{e}/manifest.json" for e in (1, 2, 3)
         } <= set(keys)
