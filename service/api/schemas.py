@@ -218,8 +218,9 @@ class AdapterOut(BaseModel):
     job_id: str | None
     created_at: datetime
     precision: str | None = Field(
-        None, description="Matmul precision it was trained in (fp32, bf16); null: imported or "
-        "not recorded."
+        None,
+        description="Matmul precision it was trained in (fp32, bf16); null: imported or "
+        "not recorded.",
     )
 
 
