@@ -5,8 +5,15 @@ adapters of r = 8 on all three layers) in a temporary embedded configuration, re
 them directly in its SQLite database, starts ``uvicorn`` (one process, uvloop + httptools,
 no access log) and drives it with ``--clients`` concurrent keep-alive connections from a
 lean raw-HTTP asyncio client (the client shares the machine's cores with the server).
-Phases (a), (b) and (c) run interleaved, ``--rounds-per-phase`` rounds of ``--duration``
-seconds each (pooled), so that load drifting on a shared machine hits them alike:
+Phases (f), (g), (a), (b) and (c) run interleaved, in that order, ``--rounds-per-phase``
+rounds of ``--duration`` seconds each (pooled), so that load drifting on a shared machine
+hits them alike; (f) and (g) are the baselines (issue 16), each its own uvicorn process
+(``benchmarks/baseline_servers.py``), same JSON body, same images, same clients:
+
+(f) the server a user would write first: a FastAPI ``def`` route, one forward pass of the
+    base model per request, no micro-batching
+(g) the PEFT way: the same route over one ``peft.PeftModel`` holding the 16 adapters,
+    ``set_adapter`` under a lock per request (huggingface/peft#804)
 
 (a) ``GET /predict/ping``: a constant on the same stack, the HTTP ceiling
 (b) ``POST /predict`` JSON 28 x 28 pixels, base model
@@ -17,7 +24,9 @@ seconds each (pooled), so that load drifting on a shared machine hits them alike
     (one warm-up round, then ``--rounds`` rounds); RSS of the server before and after.
 
 Targets: (b) >= 0.6 x (a); (c) >= 0.9 x (b); p99 <= 50 ms for (b) and (c); a cold load
-<= 20 ms (server-side load time, p99 over the cold requests); RSS growth <= 16 MiB.
+<= 20 ms (server-side load time, p99 over the cold requests); RSS growth <= 16 MiB;
+(b) >= 3 x (f) and (c) >= 4 x (g), unless the ceiling binds ((f) above a third or (g)
+above a quarter of (a): then the ratio is reported and the ceiling named).
 
 Usage: ``python benchmarks/bench_predict.py [--clients 32] [--duration 4]
 [--rounds-per-phase 3] [--rounds 4]``
@@ -116,11 +125,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(env: dict[str, str], cache_size: int) -> tuple[subprocess.Popen, int]:
-    """Start uvicorn on a free port and wait until it answers."""
+def start_server(
+    env: dict[str, str], cache_size: int, app: str = "service.api.app:create_app"
+) -> tuple[subprocess.Popen, int]:
+    """Start uvicorn with the app factory ``app`` on a free port and wait until it answers."""
     port = free_port()
     cmd = [
-        sys.executable, "-m", "uvicorn", "service.api.app:create_app", "--factory",
+        sys.executable, "-m", "uvicorn", app, "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
         "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
@@ -237,6 +248,15 @@ def pixels(seed: int) -> list[list[int]]:
 
 
 def run_main_server(env: dict[str, str], args: argparse.Namespace) -> dict[str, dict]:
+    tmp = Path(env["ARTIFACT_DIR"])
+    base_env = {**env, "BASELINE_MODEL_DIR": str(tmp / "base")}
+    adapters = ",".join(f"ad{i}={tmp / f'ad{i}'}" for i in range(HOT_ADAPTERS))
+    plain, plain_port = start_server(base_env, 0, "benchmarks.baseline_servers:create_plain_app")
+    peft_proc, peft_port = start_server(
+        {**base_env, "BASELINE_ADAPTERS": adapters},
+        0,
+        "benchmarks.baseline_servers:create_peft_app",
+    )
     proc, port = start_server(env, cache_size=HOT_ADAPTERS)
     try:
         images = [pixels(i) for i in range(8)]
@@ -250,15 +270,17 @@ def run_main_server(env: dict[str, str], args: argparse.Namespace) -> dict[str, 
         for req in hot:  # load the 16 adapters once (cache of 16: all stay warm)
             asyncio.run(one_request(port, req))
         phases = {
-            "(a) GET /predict/ping": lambda: http_get("/predict/ping"),
-            "(b) /predict base": lambda: random.choice(base_reqs),
-            "(c) /predict 16 adapters": lambda: random.choice(hot),
+            "(f) plain def route, base": (plain_port, lambda: random.choice(base_reqs)),
+            "(g) PeftModel+lock, 16 ad.": (peft_port, lambda: random.choice(hot)),
+            "(a) GET /predict/ping": (port, lambda: http_get("/predict/ping")),
+            "(b) /predict base": (port, lambda: random.choice(base_reqs)),
+            "(c) /predict 16 adapters": (port, lambda: random.choice(hot)),
         }
         # Interleaved rounds: on a shared machine, load drifts; every phase sees the same drift.
         pooled: dict[str, tuple[list[float], int]] = {name: ([], 0) for name in phases}
         for _ in range(args.rounds_per_phase):
-            for name, make in phases.items():
-                lat, err = asyncio.run(load(port, make, args.clients, args.duration))
+            for name, (phase_port, make) in phases.items():
+                lat, err = asyncio.run(load(phase_port, make, args.clients, args.duration))
                 pooled[name] = (pooled[name][0] + lat, pooled[name][1] + err)
         seconds = args.duration * args.rounds_per_phase
         rows = {name: summarize(lat, err, seconds) for name, (lat, err) in pooled.items()}
@@ -285,8 +307,9 @@ def run_main_server(env: dict[str, str], args: argparse.Namespace) -> dict[str, 
         }
         return rows
     finally:
-        proc.terminate()
-        proc.wait(10)
+        for p in (proc, plain, peft_proc):
+            p.terminate()
+            p.wait(10)
 
 
 def run_memory_server(env: dict[str, str], args: argparse.Namespace) -> dict[str, float]:
@@ -345,8 +368,17 @@ def report(rows: dict[str, dict], memory: dict[str, float]) -> bool:
         f"{memory['rss_after_mib']:.1f} MiB ({growth:+.1f}); loads {memory['loads']}, "
         f"evictions {memory['evictions']}, peak resident {memory['peak_resident']}"
     )
-    a, b, c = (rows[k] for k in list(rows)[:3])
+    f, g, a, b, c = (rows[k] for k in list(rows)[:5])
+    bind_f, bind_g = f["rps"] > a["rps"] / 3, g["rps"] > a["rps"] / 4
+    print(
+        f"(b)/(f) = {b['rps'] / f['rps']:.2f}"
+        f"{' (the ceiling binds: (f) > (a)/3)' if bind_f else ''}"
+        f", (c)/(g) = {c['rps'] / g['rps']:.2f}"
+        f"{' (the ceiling binds: (g) > (a)/4)' if bind_g else ''}"
+    )
     checks = [
+        ("(b) >= 3 x (f)", b["rps"] >= 3 * f["rps"] or bind_f, f"{b['rps'] / f['rps']:.2f} x"),
+        ("(c) >= 4 x (g)", c["rps"] >= 4 * g["rps"] or bind_g, f"{c['rps'] / g['rps']:.2f} x"),
         ("(b) >= 0.6 x (a)", b["rps"] >= 0.6 * a["rps"], f"{b['rps'] / a['rps']:.2f} x"),
         ("(c) >= 0.9 x (b)", c["rps"] >= 0.9 * b["rps"], f"{c['rps'] / b['rps']:.2f} x"),
         ("p99 (b) <= 50 ms", b["p99_ms"] <= 50, f"{b['p99_ms']:.1f} ms"),
