@@ -97,3 +97,43 @@ def test_served_bf16_agrees_with_fp32_on_real_mnist() -> None:
     assert len(x) == 5139
     assert agreement >= 0.995, f"bf16 and fp32 served answers agree on {agreement:.4%}"
     assert (preds["fp32"] == splits.test_y).double().mean().item() > 0.9
+
+
+def test_grouped_bf16_adapter_product_matches_each_sample_alone() -> None:
+    """bf16 batches take the grouped low-rank product (one stacked A, one stacked B, a row
+    mask): a mixed batch with adapters of different ranks and targets, and rows without
+    an adapter, gives each row what it gets alone, and what fp32 gives to bf16 rounding."""
+    from models.lora import AdapterWeights, LoraConfig
+    from models.multi_lora import AdapterBatch
+
+    torch.manual_seed(0)
+    config = MLPConfig(hidden1=64, hidden2=32)
+    shapes = {"linear1": (784, 64), "linear2": (64, 32), "linear3": (32, 5)}
+    adapters = []
+    for r, targets in (
+        (4, ("linear1", "linear2", "linear3")),
+        (8, ("linear2",)),
+        (2, ("linear3", "linear1")),
+    ):
+        lora = LoraConfig(r=r, lora_alpha=3.0 * r, target_modules=targets)
+        A = {m: torch.randn(r, shapes[m][0]) / shapes[m][0] ** 0.5 for m in targets}
+        B = {m: torch.randn(shapes[m][1], r) * 0.3 for m in targets}
+        adapters.append(AdapterWeights(lora, A, B))
+    m32 = enable_multi_lora(MLP(config).eval().requires_grad_(False))
+    m16 = enable_multi_lora(MLP(config).eval().requires_grad_(False))
+    m16.load_state_dict(m32.state_dict())
+    m16.to(torch.bfloat16)
+    per = [adapters[0], None, adapters[1], adapters[2], adapters[0], None, adapters[2]]
+    x = torch.randn(len(per), 784)
+    with torch.inference_mode():
+        mixed = m16(x.bfloat16(), adapters=AdapterBatch(per, x.device)).float()
+        alone = torch.cat(
+            [
+                m16(x[i : i + 1].bfloat16(), adapters=AdapterBatch([a], x.device)).float()
+                for i, a in enumerate(per)
+            ]
+        )
+        fp32 = m32(x, adapters=AdapterBatch(per, x.device))
+    torch.testing.assert_close(mixed, alone, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(mixed, fp32, atol=5e-2, rtol=5e-2)
+    assert not torch.allclose(fp32[0], fp32[1], atol=1e-2)  # the adapters do change answers
