@@ -6,6 +6,9 @@ Two request forms (see the OpenAPI ``requestBody``):
   BMP or WebP, any size and mode), optional text fields ``model_id`` and ``adapter_id``.
 - ``application/json``: ``{"pixels": [[...28 values 0-255...] x 28], "model_id": ...,
   "adapter_id": ...}``; ``pixels`` may also be a list of such arrays.
+- ``application/octet-stream`` (issue 16: no decoding, the cheapest form): N x 784 bytes,
+  each image 28 x 28 uint8 pixels row-major; ``model_id``/``adapter_id`` in the query.
+  Exactly 784 bytes answer one object, more answer ``{"predictions": [...]}``.
 
 ``model_id`` and ``adapter_id`` may also be query parameters (``/predict?adapter_id=...``),
 with either body; given both ways they must agree (else 422 ``conflicting_parameter``).
@@ -38,7 +41,12 @@ from service.api.strict import StrictRoute, refuse_unknown
 from service.core.errors import ApiError
 from service.core.settings import Settings
 from service.core.vocab import MAX_ID_LENGTH
-from service.serving.images import decode_upload, pixels_to_images, to_model_input
+from service.serving.images import (
+    decode_upload,
+    pixels_to_images,
+    raw_to_images,
+    to_model_input,
+)
 
 router = APIRouter(prefix="/predict", tags=["predict"], route_class=StrictRoute)
 
@@ -168,6 +176,10 @@ _REQUEST_BODY = {
         "content": {
             "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
             "application/json": {"schema": PredictRequest.model_json_schema()},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "N x 784 bytes: 28 x 28 uint8 pixels per image, row-major.",
+            },
         },
     }
 }
@@ -256,10 +268,15 @@ async def read_predict_request(
         return await _read_json(request, settings)
     if content_type == "multipart/form-data":
         return await _read_multipart(request, settings)
+    if content_type == "application/octet-stream":
+        images = raw_to_images(await request.body())
+        _check_count(images.shape[0], settings, "body")
+        return images, None, None, images.shape[0] > 1
     raise ApiError(
         415,
         "unsupported_media_type",
-        "Send multipart/form-data with a `file` field, or application/json with `pixels`.",
+        "Send multipart/form-data with a `file` field, application/json with `pixels`, or "
+        "application/octet-stream with N x 784 uint8 pixels.",
     )
 
 
