@@ -114,6 +114,10 @@ class TrainConfig:
             per-epoch form of SGDR's cosine annealing (Loshchilov & Hutter 2017, eq. 5,
             one cycle, eta_min = 0). Derived from the epoch number alone, so a resumed run
             follows the same schedule.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (:mod:`models.precision`, resolved
+            by :func:`train` for its device): in bf16 the forward (and so the backward)
+            matmuls run under ``torch.autocast`` in bfloat16, while master weights, Adam's
+            state, the loss and evaluation stay float32.
     """
 
     epochs: int = 30
