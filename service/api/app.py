@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.api import adapters, evaluate, health, job_events, jobs, predict, sweeps, webhooks
+from service.api import dashboard
 from service.api import models as models_api
 from service.api.errors import ErrorResponse, install_error_handlers
 from service.api.security import install_security
@@ -54,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Pre-train an MNIST MLP, fine-tune it fully or with LoRA adapters, and "
         "serve the base model with any adapter hot-swapped per request.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc are served offline by service.api.dashboard
+        redoc_url=None,
         responses={
             400: {"model": ErrorResponse},
             401: {"model": ErrorResponse},
@@ -68,8 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    install_security(app, settings)
+    install_security(app, settings, dashboard.PUBLIC_PATHS, dashboard.PUBLIC_PREFIXES)
     routers = (health, jobs, job_events, webhooks, sweeps, models_api, adapters, predict, evaluate)
     for module in routers:
         app.include_router(module.router)
+    dashboard.install_dashboard(app)
     return app
