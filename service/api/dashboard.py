@@ -36,6 +36,13 @@ DOCS_PATH, REDOC_PATH, OAUTH2_REDIRECT_PATH = "/docs", "/redoc", "/docs/oauth2-r
 ASSETS_PATH = "/docs-assets"
 PUBLIC_PATHS = ("/", UI_PATH, DOCS_PATH, REDOC_PATH, OAUTH2_REDIRECT_PATH)
 PUBLIC_PREFIXES = (UI_PATH + "/", ASSETS_PATH + "/")
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' blob:; style-src 'self' "
+    "'unsafe-inline'; img-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
+)
+"""Content-Security-Policy of the docs pages: everything from this origin. ReDoc's sidebar
+always renders the Redocly logo from cdn.redoc.ly; this keeps the browser from fetching it
+(ReDoc hides the image when it fails to load)."""
 
 router = APIRouter(route_class=StrictRoute, include_in_schema=False)
 
@@ -57,7 +64,7 @@ def ui_slash() -> RedirectResponse:
 @router.get(DOCS_PATH)
 def swagger_ui(request: Request) -> HTMLResponse:
     """Swagger UI with its assets served from this API."""
-    return get_swagger_ui_html(
+    page = get_swagger_ui_html(
         openapi_url=request.app.openapi_url,
         title=f"{request.app.title} - Swagger UI",
         oauth2_redirect_url=OAUTH2_REDIRECT_PATH,
@@ -65,6 +72,8 @@ def swagger_ui(request: Request) -> HTMLResponse:
         swagger_css_url=f"{ASSETS_PATH}/swagger-ui.css",
         swagger_favicon_url=f"{ASSETS_PATH}/favicon.png",
     )
+    page.headers["Content-Security-Policy"] = DOCS_CSP
+    return page
 
 
 @router.get(OAUTH2_REDIRECT_PATH)
@@ -76,13 +85,15 @@ def swagger_ui_redirect() -> HTMLResponse:
 @router.get(REDOC_PATH)
 def redoc(request: Request) -> HTMLResponse:
     """ReDoc with its script served from this API (``with_google_fonts=False``)."""
-    return get_redoc_html(
+    page = get_redoc_html(
         openapi_url=request.app.openapi_url,
         title=f"{request.app.title} - ReDoc",
         redoc_js_url=f"{ASSETS_PATH}/redoc.standalone.js",
         redoc_favicon_url=f"{ASSETS_PATH}/favicon.png",
         with_google_fonts=False,
     )
+    page.headers["Content-Security-Policy"] = DOCS_CSP
+    return page
 
 
 def install_dashboard(app: FastAPI) -> None:

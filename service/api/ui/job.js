@@ -125,6 +125,7 @@ export async function render(main, jobId) {
       if (!page.has_more) break;
     }
     drawCharts();
+    main.dataset.live = "following"; // the log is complete; the stream adds from here
     while (!controller.signal.aborted && !TERMINAL.has(job.status)) {
       await followEvents(jobId, after, (e) => {
         after = e.id;

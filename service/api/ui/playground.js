@@ -48,7 +48,9 @@ export async function render(main) {
   }
 
   async function drawAdapters() {
-    const list = base.value ? await listAll(getJSON, `/adapters?base_model_id=${encodeURIComponent(base.value)}`) : [];
+    const wanted = base.value;
+    const list = wanted ? await listAll(getJSON, `/adapters?base_model_id=${encodeURIComponent(wanted)}`) : [];
+    if (base.value !== wanted) return; // another model was chosen meanwhile
     adapterBox.replaceChildren(h("legend", {}, "Adapters of this model"),
       ...(list.length ? list.map((a) => h("label", { className: "check" },
         h("input", { type: "checkbox", value: a.id, checked: true, onchange: () => lastBlob && predict(lastBlob, performance.now()) }),
