@@ -4,7 +4,7 @@ const NS = "http://www.w3.org/2000/svg";
 export const COLORS = ["#1f5fbf", "#c2410c", "#15803d", "#7e22ce", "#a16207", "#0e7490"];
 const W = 480;
 const H = 240;
-const PAD = { left: 52, right: 12, top: 12, bottom: 38 };
+const PAD = { left: 52, right: 24, top: 12, bottom: 38 };
 
 function el(name, attrs = {}, text) {
   const node = document.createElementNS(NS, name);
@@ -17,7 +17,7 @@ function extent(values, pad = 0.05) {
   let lo = Math.min(...values);
   let hi = Math.max(...values);
   if (!isFinite(lo)) return [0, 1];
-  if (lo === hi) [lo, hi] = [lo - 0.5 || -0.5, hi + 0.5 || 0.5];
+  if (lo === hi) [lo, hi] = [lo - (Math.abs(lo) * 0.1 || 0.5), hi + (Math.abs(hi) * 0.1 || 0.5)];
   const d = (hi - lo) * pad;
   return [lo - d, hi + d];
 }
@@ -28,7 +28,8 @@ function ticks([lo, hi], n = 5) {
 
 function fmt(v) {
   const a = Math.abs(v);
-  if (a >= 10000) return v.toExponential(1);
+  if (a >= 1e6) return `${(v / 1e6).toPrecision(3)}M`;
+  if (a >= 1e4) return `${(v / 1e3).toPrecision(3)}k`;
   if (a >= 100) return v.toFixed(0);
   if (a >= 1) return v.toFixed(2);
   return v.toFixed(3);
@@ -47,10 +48,12 @@ function frame(title, xLabel, yLabel, xs, ys, { logX = false } = {}) {
     svg.append(el("line", { x1: PAD.left, x2: W - PAD.right, y1: y(t), y2: y(t), class: "grid" }));
     svg.append(el("text", { x: PAD.left - 4, y: y(t) + 4, "text-anchor": "end" }, fmt(t)));
   }
-  for (const t of ticks([x0, x1])) {
-    const v = logX ? 10 ** t : t;
-    const label = logX ? fmt(v) : Number.isInteger(v) ? String(v) : fmt(v);
-    svg.append(el("text", { x: x(v), y: H - PAD.bottom + 14, "text-anchor": "middle" }, label));
+  // epochs: whole numbers only, at most ~8 of them; log axes: powers spread evenly
+  const step = Math.max(1, Math.ceil((Math.max(...xs) - Math.min(...xs)) / 8));
+  const xTicks = logX ? ticks([x0, x1]).map((t) => 10 ** t)
+    : Array.from({ length: Math.floor((Math.max(...xs) - Math.min(...xs)) / step) + 1 }, (_, i) => Math.min(...xs) + i * step);
+  for (const v of xTicks) {
+    svg.append(el("text", { x: x(v), y: H - PAD.bottom + 14, "text-anchor": "middle" }, logX ? fmt(v) : String(v)));
   }
   svg.append(el("text", { x: (W + PAD.left) / 2, y: H - 6, "text-anchor": "middle" }, xLabel));
   svg.append(
