@@ -16,8 +16,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.api import adapters, evaluate, health, job_events, jobs, predict, sweeps, webhooks
-from service.api import dashboard
 from service.api import models as models_api
+from service.api.dashboard import PUBLIC_PATHS, PUBLIC_PREFIXES, install_dashboard
 from service.api.errors import ErrorResponse, install_error_handlers
 from service.api.security import install_security
 from service.core.settings import Settings, get_settings
@@ -71,9 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    install_security(app, settings, dashboard.PUBLIC_PATHS, dashboard.PUBLIC_PREFIXES)
+    install_security(app, settings, PUBLIC_PATHS, PUBLIC_PREFIXES)
     routers = (health, jobs, job_events, webhooks, sweeps, models_api, adapters, predict, evaluate)
     for module in routers:
         app.include_router(module.router)
-    dashboard.install_dashboard(app)
+    install_dashboard(app)
     return app

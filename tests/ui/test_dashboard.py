@@ -9,6 +9,7 @@ screenshot under var/screenshots/ and page weights go to var/screenshots/measure
 from __future__ import annotations
 
 import statistics
+import time
 from typing import Any
 
 import httpx
@@ -169,14 +170,40 @@ def test_playground_a_drawn_one_gets_base_and_adapter_answers(
     screenshot(page, "playground")
 
 
-def test_comparison_shows_the_base_fine_tunes(open_page, base_model: str, adapter: str) -> None:
+def test_comparison_shows_a_sweep_and_a_base_fine_tunes(
+    open_page, http: httpx.Client, base_model: str, adapter: str
+) -> None:
+    lora = {"epochs": 1, "max_train_samples": 1000}
+    posted = http.post(
+        "/sweeps",
+        json={
+            "base_model_id": base_model,
+            "variants": [
+                {"kind": "finetune_lora", "name": "r1", "config": {"r": 1, **lora}},
+                {"kind": "finetune_lora", "name": "r4", "config": {"r": 4, **lora}},
+            ],
+            "seeds": [0, 1],
+        },
+    )
+    assert posted.status_code == 202, posted.text
+    sweep_id = posted.json()["id"]
+    deadline = time.monotonic() + 180
+    while (sweep := http.get(f"/sweeps/{sweep_id}").json())["status"] != "succeeded":
+        assert sweep["status"] in ("queued", "running") and time.monotonic() < deadline, sweep
+        time.sleep(0.5)
     page = open_page("/ui/#/compare")
-    page.select_option("#compare-source", f"base:{base_model}")
+    page.select_option("#compare-source", f"sweep:{sweep_id}")
     table = page.locator("#compare-table")
-    table.locator("tr", has_text=adapter).wait_for()
-    assert page.locator("#compare-view svg circle.point").count() >= 1
+    for name in ("r1", "r4"):
+        row = table.locator("tr", has_text=name)
+        row.wait_for()
+        assert "2/2" in row.inner_text() and "[" in row.inner_text()  # 2 runs, an interval
+    assert page.locator("#compare-view svg circle.point").count() == 2
     record("weight_compare", page_weight(page))
     screenshot(page, "compare")
+    page.select_option("#compare-source", f"base:{base_model}")
+    table.locator("tr", has_text=adapter).wait_for()
+    assert page.locator("#compare-view svg circle.point").count() >= 1
 
 
 def test_models_page_lineage_import_and_delete(
