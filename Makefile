@@ -38,6 +38,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_predict.py
 
+README_SHOTS := jobs job compare playground models
 screenshots: install  ## run the dashboard's browser tests, then copy their screenshots to docs/screenshots/
 	$(BIN)/python -m pytest -q tests/ui/test_dashboard.py
-	mkdir -p docs/screenshots && cp var/screenshots/*.png docs/screenshots/
+	mkdir -p docs/screenshots
+	cp $(addprefix var/screenshots/,$(addsuffix .png,$(README_SHOTS))) docs/screenshots/
