@@ -206,6 +206,21 @@ def test_comparison_shows_a_sweep_and_a_base_fine_tunes(
     assert page.locator("#compare-view svg circle.point").count() >= 1
 
 
+def test_a_fine_tune_page_shows_forgetting_and_downloads_its_adapter(
+    open_page, http: httpx.Client, adapter: str
+) -> None:
+    job_id = http.get(f"/adapters/{adapter}").json()["job_id"]
+    page = open_page(f"/ui/#/jobs/{job_id}")
+    forgetting = page.locator("#charts figure", has_text="Forgetting")
+    forgetting.locator('circle.point[data-series="base_val_accuracy"]').first.wait_for()
+    with page.expect_download() as info:
+        page.click("#main button:has-text('Download adapter')")
+    saved = info.value
+    assert saved.suggested_filename == f"{adapter}.zip"
+    with open(saved.path(), "rb") as handle:
+        assert handle.read(2) == b"PK"  # the PEFT zip, fetched with the tab's key
+
+
 def test_models_page_lineage_import_and_delete(
     open_page, http: httpx.Client, stack: Stack, base_model: str, adapter: str, tmp_path
 ) -> None:

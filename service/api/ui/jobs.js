@@ -121,7 +121,11 @@ export async function render(main) {
     if (kind) q.set("kind", kind);
     try {
       const page = await getJSON(`/jobs?${q}`);
+      // keep keyboard focus on the same job's link or button across the refresh
+      const focused = document.activeElement?.closest?.("#jobs tr[data-job]");
+      const focusTag = focused && document.activeElement.tagName;
       body.replaceChildren(...page.items.map((j) => jobRow(j, cancel)));
+      if (focused) body.querySelector(`tr[data-job="${focused.dataset.job}"] ${focusTag}`)?.focus();
       if (!page.items.length) body.append(h("tr", {}, h("td", { colspan: 9, className: "muted" }, "No jobs.")));
       total.textContent = `${page.items.length} of ${page.total} shown, newest first, refreshed live`;
       showError(errors, null);
