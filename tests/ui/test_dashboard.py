@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import torch
+from PIL import Image, ImageDraw
 
 from models.adapter_io import save_adapter
 from models.lora import AdapterWeights, LoraConfig
@@ -68,6 +69,8 @@ def test_jobs_list_shows_an_api_job_and_follows_it_live(open_page, base_job) -> 
     page.locator("#jobs tbody", has_text="No jobs.").wait_for()
     page.select_option("#filter-status", "")
     row.wait_for()
+    page.locator("#submit-form #f-epochs").wait_for()
+    assert unlabelled(page) == []
     record("weight_jobs", page_weight(page))
     screenshot(page, "jobs")
 
@@ -80,6 +83,11 @@ def test_a_job_submitted_by_the_form_gains_a_point_per_epoch_while_open(
     page.locator("#f-epochs").wait_for()
     assert page.input_value("#f-epochs") == "30"  # pretrain's default, from the API schema
     assert page.input_value("#f-lr") == "0.001"
+    page.fill("#f-epochs", "0")  # refused by the API: its message is shown
+    page.click("#submit-form button[type=submit]")
+    refused = page.locator("#submit-form .notice")
+    refused.wait_for()
+    assert "422 validation_error" in refused.inner_text() and "epochs" in refused.inner_text()
     for field, value in {"epochs": epochs, "max_train_samples": 1000, "hidden1": 32,
                          "hidden2": 32}.items():  # fmt: skip
         page.fill(f"#f-{field}", str(value))
@@ -120,6 +128,21 @@ def test_a_job_submitted_by_the_form_gains_a_point_per_epoch_while_open(
     screenshot(page, "job")
 
 
+def unlabelled(page: Any) -> list[str]:
+    """Form controls on the page without an accessible label (should be none); asserts
+    there are controls to check."""
+    controls, missing = page.evaluate(
+        """() => {
+          const all = [...document.querySelectorAll('main input, main select, main button')];
+          const bad = all.filter((e) => !(e.labels && e.labels.length)
+              && !e.getAttribute('aria-label') && !e.textContent.trim());
+          return [all.length, bad.map((e) => e.outerHTML.slice(0, 80))];
+        }"""
+    )
+    assert controls > 2
+    return missing
+
+
 def _stroke(page: Any) -> float:
     """Draw a vertical line (a "1") on the pad; wait for the answers; the page's own
     stroke-end-to-bars time (ms)."""
@@ -137,7 +160,7 @@ def _stroke(page: Any) -> float:
 
 
 def test_playground_a_drawn_one_gets_base_and_adapter_answers(
-    open_page, base_model: str, adapter: str
+    open_page, base_model: str, adapter: str, tmp_path
 ) -> None:
     page = open_page("/ui/#/playground")
     page.locator(f'#pg-base option[value="{base_model}"]').wait_for(state="attached")
@@ -164,10 +187,18 @@ def test_playground_a_drawn_one_gets_base_and_adapter_answers(
         }"""
     )
     assert sum(lit[:9]) == 0 and sum(lit[19:]) == 0 and max(lit[11:17]) >= 15, lit
+    screenshot(page, "playground")
+    assert unlabelled(page) == []
+    upload = tmp_path / "seven.png"
+    seven = Image.new("L", (120, 160), 255)  # a dark "7" on white paper
+    ImageDraw.Draw(seven).line([(20, 20), (100, 20), (50, 150)], fill=0, width=14)
+    seven.save(upload)
+    page.set_input_files("#pg-file", str(upload))
+    page.wait_for_function("document.getElementById('pad').dataset.lastMs !== undefined")
+    assert page.locator("#answers .answer").count() == 2
     record("stroke_to_bars_ms", {"first": times[0], "median_next": statistics.median(times[1:]),
                                  "all": times})  # fmt: skip
     record("weight_playground", page_weight(page))
-    screenshot(page, "playground")
 
 
 def test_comparison_shows_a_sweep_and_a_base_fine_tunes(
@@ -241,6 +272,7 @@ def test_models_page_lineage_import_and_delete(
     imported = done.inner_text().split()[2]
     assert http.get(f"/adapters/{imported}").json()["r"] == 2
     tree.locator(f'li[data-adapter="{imported}"]').wait_for()
+    assert unlabelled(page) == []
     screenshot(page, "models")
     # an API error is shown with its message: import with no usable files
     page.set_input_files("#imp-files", [str(tmp_path / "peft" / "adapter_config.json")])
@@ -251,6 +283,16 @@ def test_models_page_lineage_import_and_delete(
     tree.locator(f'li[data-adapter="{imported}"]').wait_for(state="detached")
     assert http.get(f"/adapters/{imported}").status_code == 404
     record("weight_models", page_weight(page))
+
+
+def test_cancel_from_the_jobs_list(open_page, http: httpx.Client) -> None:
+    job = submit(http, {"kind": "pretrain", "config": {"epochs": 200, **TINY}})
+    page = open_page("/ui/#/jobs")
+    row = page.locator(f'tr[data-job="{job["id"]}"]')
+    row.locator("button", has_text="Cancel").click()
+    row.locator(".status-cancelled").wait_for(timeout=60_000)
+    assert http.get(f"/jobs/{job['id']}").json()["status"] == "cancelled"
+    assert row.locator("button").count() == 0
 
 
 def test_the_key_prompt_asks_once_and_reports_a_wrong_key(open_page, stack: Stack) -> None:
