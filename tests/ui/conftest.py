@@ -89,14 +89,16 @@ def screenshot(page: Any, name: str) -> Path:
 
 def page_weight(page: Any) -> dict[str, int]:
     """Bytes the page transferred so far (document + every resource, API calls included),
-    from the Resource Timing entries: ``transfer`` (with headers) and ``body`` (encoded)."""
+    from the Resource Timing entries: ``transfer`` (with headers), ``body`` (encoded), and
+    ``static_body`` (the files under /ui/ and /docs-assets/: the page without its data)."""
     return page.evaluate(
         """() => {
           const all = [...performance.getEntriesByType('navigation'),
                        ...performance.getEntriesByType('resource')];
-          return {requests: all.length,
-                  transfer: all.reduce((s, e) => s + e.transferSize, 0),
-                  body: all.reduce((s, e) => s + e.encodedBodySize, 0)};
+          const sum = (list, key) => list.reduce((s, e) => s + e[key], 0);
+          const assets = all.filter((e) => /\\/(ui|docs-assets)\\//.test(new URL(e.name).pathname));
+          return {requests: all.length, transfer: sum(all, 'transferSize'),
+                  body: sum(all, 'encodedBodySize'), static_body: sum(assets, 'encodedBodySize')};
         }"""
     )
 
