@@ -10,6 +10,7 @@ const SPECS = { pretrain: "PretrainSpec", finetune_full: "FinetuneFullSpec", fin
 const FIELDS = ["classes", "epochs", "max_train_samples", "lr", "weight_decay", "batch_size",
   "hidden1", "hidden2", "dropout", "r", "lora_alpha"];
 const REFRESH_MS = 1500;
+let schemaRequest = null;
 
 function select(id, label, values) {
   return h("div", {},
@@ -35,7 +36,8 @@ function jobRow(job, onCancel) {
 
 /** The submit form, its fields and defaults read from the API's OpenAPI schema. */
 async function submitForm(onSubmitted) {
-  const schemas = (await getJSON("/openapi.json")).components.schemas;
+  schemaRequest = schemaRequest || getJSON("/openapi.json"); // once per tab: ~85 KB
+  const schemas = (await schemaRequest.catch((e) => { schemaRequest = null; throw e; })).components.schemas;
   const models = await listAll(getJSON, "/models");
   const errors = h("div", { "aria-live": "polite" });
   const fields = h("div", { className: "fields" });
