@@ -60,6 +60,7 @@ from service.core.job_spec import (
     JobSpec,
     parse_stored,
 )
+from service.core.logs import attempt_var
 from service.core.settings import Settings, get_settings
 from service.core.vocab import ADAPTER_PREFIX, MODEL_PREFIX, derived_id, model_kind_of
 from service.db import adapter_records, checkpoint_records, job_records, model_records
@@ -70,6 +71,7 @@ from service.jobs import events, leases
 from service.jobs import state as job_state
 from service.jobs.queue import enqueue_job
 from service.jobs.sweeps import plan as sweep_plan
+from worker import observe
 from worker.build import JobFailure, build_network, load_base_digits, load_data
 from worker.checkpoints import EpochCheckpoints
 from worker.lease import LeaseKeeper, StopCheck, fence_after
@@ -143,6 +145,8 @@ def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None
     if job is None:
         log.info("job %s is not queued and holds no stale lease; nothing to do", job_id)
         return "skipped"
+    attempt_var.set(job.attempt)  # log lines carry it (job_id: worker.tasks)
+    observe.job_started(job_id, job.kind)
     log.info("job %s (%s) running, attempt %d, on %s", job_id, job.kind, job.attempt, worker_id)
     keeper = LeaseKeeper(
         factory,
@@ -153,6 +157,7 @@ def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None
         started=before_claim,
     )
     stop = StopCheck(factory, job_id, worker_id, CANCEL_POLL_SECONDS, lease=keeper)
+    code = None
     with keeper:
         try:
             status = _train_and_publish(_Run(job, settings, factory, worker_id, stop))
@@ -164,6 +169,7 @@ def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None
                     session, job_id, code=code, message=message, worker_id=worker_id
                 )
             status = "failed"
+    observe.job_ended(job_id, job.kind, status, code)
     log.info("job %s ended %s (attempt %d)", job_id, status, job.attempt)
     return status
 
@@ -226,6 +232,7 @@ def _train_and_publish(run: _Run) -> str:
     kept = EpochCheckpoints(run.settings, job.id, job.base_model_id, spec)
 
     def on_epoch(metrics: Any) -> bool:
+        observe.epoch_done(job.kind, metrics)
         values = metrics.as_dict()
         epoch = int(values.pop("epoch"))
         if base_digits is not None:

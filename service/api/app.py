@@ -10,18 +10,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api import adapters, evaluate, health, job_events, jobs, predict, sweeps, webhooks
+from service.api import (
+    adapters,
+    evaluate,
+    health,
+    job_events,
+    jobs,
+    predict,
+    prometheus,
+    sweeps,
+    webhooks,
+)
 from service.api import models as models_api
+from service.api.dashboard import PUBLIC_PATHS, PUBLIC_PREFIXES, install_dashboard
 from service.api.errors import ErrorResponse, install_error_handlers
+from service.api.observe import ObserveMiddleware
 from service.api.security import install_security
 from service.core.settings import Settings, get_settings
 from service.db.engine import get_engine
 from service.db.migrations import require_migrated, upgrade
+from service.jobs.metrics_scrape import check_multiprocess, mark_process_dead
 from service.jobs.webhook_dispatcher import WebhookDispatcher
 
 log = logging.getLogger("service")
@@ -40,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.auto_migrate:
             upgrade(settings.database_url)
         require_migrated(get_engine(settings.database_url))
+        check_multiprocess(settings)
         dispatcher = WebhookDispatcher(settings)  # sends job webhooks (never the workers)
         dispatcher.start()
         yield
@@ -47,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         predictor = getattr(app.state, "predictor", None)
         if predictor is not None:
             await predictor.aclose()
+        mark_process_dead(settings, os.getpid())
 
     app = FastAPI(
         title="LoRA fine-tuning and serving service",
@@ -54,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Pre-train an MNIST MLP, fine-tune it fully or with LoRA adapters, and "
         "serve the base model with any adapter hot-swapped per request.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc are served offline by service.api.dashboard
+        redoc_url=None,
         responses={
             400: {"model": ErrorResponse},
             401: {"model": ErrorResponse},
@@ -68,8 +86,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    install_security(app, settings)
+    install_security(app, settings, PUBLIC_PATHS, PUBLIC_PREFIXES)
+    # outermost: the request id is set before any other middleware answers
+    app.add_middleware(ObserveMiddleware, router_app=app, metrics=settings.metrics_enabled)
     routers = (health, jobs, job_events, webhooks, sweeps, models_api, adapters, predict, evaluate)
+    routers += (prometheus,)
     for module in routers:
         app.include_router(module.router)
+    install_dashboard(app)
     return app

@@ -16,16 +16,19 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.core.errors import ApiError
+from service.core.logs import request_id_var
 
 log = logging.getLogger(__name__)
 
 
 class ErrorBody(BaseModel):
-    """The inside of the envelope: a stable machine code, a human message, the offending field."""
+    """The inside of the envelope: a stable machine code, a human message, the offending
+    field, and the request's id (the ``X-Request-ID`` answer header; in the logs)."""
 
     code: str
     message: str
     param: str | None = None
+    request_id: str | None = None
 
 
 class ErrorResponse(BaseModel):
@@ -37,8 +40,12 @@ class ErrorResponse(BaseModel):
 def error_response(
     status: int, code: str, message: str, param: str | None = None, headers: Any = None
 ) -> JSONResponse:
-    """Build the envelope response directly (for middleware that cannot raise)."""
-    body = {"error": {"code": code, "message": message, "param": param}}
+    """Build the envelope response directly (for middleware that cannot raise); it carries
+    the current request's id (body and ``X-Request-ID`` header) when one is set."""
+    request_id = request_id_var.get()
+    body = {"error": {"code": code, "message": message, "param": param, "request_id": request_id}}
+    if request_id is not None:
+        headers = {**(headers or {}), "X-Request-ID": request_id}
     return JSONResponse(body, status_code=status, headers=headers)
 
 

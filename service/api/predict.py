@@ -12,6 +12,8 @@ Two request forms (see the OpenAPI ``requestBody``):
 
 ``model_id`` and ``adapter_id`` may also be query parameters (``/predict?adapter_id=...``),
 with either body; given both ways they must agree (else 422 ``conflicting_parameter``).
+``include_image=true`` (query, either body) adds to each answer the 28 x 28 image the model
+saw after the service's preprocessing (``image``: 28 rows of 28 integers 0-255).
 Any other query parameter or form field is refused (422 ``unknown_parameter``).
 
 Answer: one image (one ``file``, or a single 28 x 28 ``pixels``) gives one
@@ -65,6 +67,15 @@ _QUERY_PARAMETERS = [
         ("model_id", "Base model (default: the newest pre-trained one)"),
         ("adapter_id", "LoRA adapter of that model (default: none)"),
     )
+] + [
+    {
+        "name": "include_image",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "boolean", "default": False},
+        "description": "Add `image` to each answer: the 28 x 28 image the model saw after "
+        "preprocessing (rows of 28 integers 0-255), e.g. to show it beside the answer.",
+    }
 ]
 """Declared in the OpenAPI operation rather than as FastAPI ``Query`` parameters: solving
 them cost ~12 % of ``/predict``'s throughput (benchmarks/bench_predict.py). StrictRoute
@@ -110,6 +121,11 @@ class PredictionOut(BaseModel):
     )
     model_id: str
     adapter_id: str | None
+    image: list[list[int]] | None = Field(
+        None,
+        description="Only with `include_image=true`: the 28 x 28 image the model saw (rows of "
+        "28 integers 0-255, light digit on dark), after the service's preprocessing.",
+    )
 
 
 class PredictionBatchOut(BaseModel):
@@ -207,9 +223,13 @@ async def predict(request: Request) -> Response:
     query = request.query_params
     model_id = merge_parameter("model_id", query.get("model_id"), body_model_id)
     adapter_id = merge_parameter("adapter_id", query.get("adapter_id"), body_adapter_id)
+    with_image = "include_image" in query and parse_flag("include_image", query["include_image"])
     predictor = get_predictor(request)
     predictions = await predictor.predict(to_model_input(images), model_id, adapter_id)
-    doc = {"predictions": [p.__dict__ for p in predictions]} if batch else predictions[0].__dict__
+    answers = [p.__dict__ for p in predictions]
+    if with_image:
+        answers = [{**a, "image": img.tolist()} for a, img in zip(answers, images, strict=True)]
+    doc = {"predictions": answers} if batch else answers[0]
     # Built from typed dataclasses that match the response models: serialised directly
     # (FastAPI's response validation would cost more than the rest of the handler), with
     # orjson (0.6 us for one answer vs 10.5 us with json.dumps).
@@ -226,6 +246,21 @@ async def ping() -> dict[str, bool]:
 async def stats(request: Request) -> dict[str, Any]:
     """Adapter cache (resident ids, hits, loads, evictions, load ms) and batching counters."""
     return get_predictor(request).stats()
+
+
+def parse_flag(name: str, value: str) -> bool:
+    """A boolean query value: ``true``/``1``/``yes``/``on`` or ``false``/``0``/``no``/``off``
+    (any case).
+
+    Raises:
+        ApiError: 422 ``validation_error`` (``param`` = ``name``) for anything else.
+    """
+    text = value.strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ApiError(422, "validation_error", f"{name} must be true or false, got {value!r}.", name)
 
 
 def merge_parameter(name: str, from_query: str | None, from_body: str | None) -> str | None:
