@@ -57,7 +57,8 @@ export async function render(main, jobId) {
   async function drawCheckpoints() {
     const list = (await getJSON(`${path}/checkpoints`)).items;
     checkpoints.replaceChildren(list.length ? h("table", { id: "checkpoints" },
-      h("thead", {}, h("tr", {}, ["Epoch", "val_loss", "val_accuracy", "Selected", "Published as"].map((t) => h("th", { scope: "col" }, t)))),
+      h("thead", {}, h("tr", {}, ["Epoch", "val_loss", "val_accuracy", "Selected", "Published as"].map((t, i) =>
+        h("th", { scope: "col", className: i === 1 || i === 2 ? "num" : "" }, t)))),
       h("tbody", {}, list.map((c) => h("tr", {},
         h("td", {}, c.epoch), h("td", { className: "num" }, c.metrics.val_loss?.toFixed(4) ?? "–"),
         h("td", { className: "num" }, pct(c.metrics.val_accuracy)), h("td", {}, c.selected ? "yes (result)" : ""),
@@ -101,6 +102,8 @@ export async function render(main, jobId) {
       job = await getJSON(path);
       drawHead();
       drawResult();
+      // the selected epoch is known once the job has succeeded
+      if (TERMINAL.has(job.status)) await drawCheckpoints();
     }
   }
 
