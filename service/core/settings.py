@@ -155,6 +155,15 @@ class Settings(BaseSettings):
         200, ge=1, description="Most jobs one sweep may create (bases + variants x seeds)."
     )
 
+    # --- issue 17: faults around the service ---
+    queued_resend_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A queued job whose latest message was sent this long ago without being "
+        "claimed gets another one (a message lost with a broker's memory, or never sent while "
+        "the broker was down); a duplicate is a no-op (s).",
+    )
+
     # HTTP and CLI
     host: str = Field("127.0.0.1", description="Address the API binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")

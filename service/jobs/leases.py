@@ -167,6 +167,23 @@ def _reap_one(
     return won and bucket is result.requeued
 
 
+def flag_unsent(session: Session, job_id: str) -> None:
+    """Date a queued job's latest message long ago (its send failed), so that the next
+    reaper pass sends it; commits. A database error while doing so is logged: the job is
+    then sent ``QUEUED_RESEND_SECONDS`` after it was created instead."""
+    try:
+        _count(
+            session,
+            update(JobRecord)
+            .where(JobRecord.id == job_id, JobRecord.status == "queued")
+            .values(heartbeat_at=LONG_AGO),
+        )
+        session.commit()
+    except Exception:  # the database went too: the resend period covers it
+        session.rollback()
+        log.warning("could not flag job %s as unsent", job_id, exc_info=True)
+
+
 def _send_or_flag(session: Session, job_id: str, send: Callable[[str], None], result: ReapResult):
     """Send ``job_id``'s message; on failure date its last send long ago so that the next
     pass retries at once."""
@@ -175,13 +192,7 @@ def _send_or_flag(session: Session, job_id: str, send: Callable[[str], None], re
     except Exception:  # the broker's errors are transport-specific
         log.warning("could not send job %s; retrying next pass", job_id, exc_info=True)
         result.send_errors.append(job_id)
-        _count(
-            session,
-            update(JobRecord)
-            .where(JobRecord.id == job_id, JobRecord.status == "queued")
-            .values(heartbeat_at=LONG_AGO),
-        )
-        session.commit()
+        flag_unsent(session, job_id)
 
 
 def reap(

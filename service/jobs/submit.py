@@ -3,7 +3,8 @@
 Submission checks what needs the database (the base model exists, and the spec fits it:
 :meth:`service.core.job_spec.JobSpec.check_against_base`), inserts the ``queued``
 row, **commits**, and only then enqueues ``run_job(job_id)``: a worker can never receive
-an id whose row it cannot read.
+an id whose row it cannot read. If the broker is down the job stays ``queued`` and is sent
+later by a reaper (the client still gets its 202).
 
 Idempotent submission: with an ``Idempotency-Key``, the job row stores the key (unique) and
 a hash of the request as validated (kind, base model, config with defaults filled in). The
@@ -33,7 +34,7 @@ from service.core.settings import Settings
 from service.db import job_records, model_records
 from service.db.retry import is_locked, retry_locked
 from service.db.tables import JobRecord
-from service.jobs import events, webhooks
+from service.jobs import events, leases, webhooks
 from service.jobs import state as job_state
 from service.jobs.idempotency import key_reused, request_digest
 
@@ -133,9 +134,10 @@ def submit_job(
         ApiError: 404 ``model_not_found`` (param ``base_model_id``); 422
             ``validation_error`` (see :func:`check_spec_against_base`); 409
             ``idempotency_key_reused`` (same key, different request); 422
-            ``invalid_webhook_url`` (param ``webhook_url``); 503
-            ``broker_unavailable`` when the task could not be sent (the job is then
-            ``failed`` with code ``enqueue_failed``); 503 ``database_busy``.
+            ``invalid_webhook_url`` (param ``webhook_url``); 503 ``database_busy``.
+            A broker that cannot be reached is no error: the job is committed ``queued``
+            and flagged unsent (:func:`service.jobs.leases.flag_unsent`), and a reaper
+            sends its message once the broker is back.
     """
     digest = request_hash(base_model_id, spec, webhook_url)
     if idempotency_key is not None and (found := _by_key(session, idempotency_key)):
@@ -173,16 +175,12 @@ def submit_job(
         raise
     try:
         enqueue(job.id, settings)
-    except Exception as exc:  # the broker's errors are transport-specific
-        log.exception("could not enqueue job %s", job.id)
-        message = f"Could not reach the broker: {exc}"
-        retry_locked(
-            session,
-            lambda: job_state.mark_failed(session, job.id, code="enqueue_failed", message=message),
-        )
-        raise ApiError(
-            503, "broker_unavailable", f"Job {job.id} could not be queued: broker unreachable."
-        ) from exc
+    except Exception:  # the broker's errors are transport-specific
+        # The job is committed: it stays queued, dated as never sent, and the next reaper
+        # pass sends it (``QUEUED_RESEND_SECONDS`` bounds the wait for a lost message).
+        log.warning("could not enqueue job %s; a reaper will send it", job.id, exc_info=True)
+        leases.flag_unsent(session, job.id)
+    return Submission(job, False)
     return Submission(job, False)
 
 
