@@ -78,6 +78,4 @@ def storage_full(what: str) -> ApiError:
 
 def database_unavailable() -> ApiError:
     """The 503 for a request whose database connection failed (database down or cut off)."""
-    return ApiError(
-        503, "database_unavailable", "The database is unreachable; retry in a moment."
-    )
+    return ApiError(503, "database_unavailable", "The database is unreachable; retry in a moment.")

@@ -12,6 +12,7 @@ redelivered messages exactly one wins:
     running, stale                           --reap--> queued (new message sent)
     running, stale                           --take_over_stale--> running (attempt + 1)
     queued, no message for resend_after s    --reap--> queued (message sent again)
+    running, held by a worker shutting down  --hand_back--> queued (new message sent)
 
 ``attempt`` counts the runs started (each claim or take-over adds one), so a requeued job
 runs next as ``attempt + 1``. A cancelled or finished job is never reclaimed.
@@ -165,6 +166,32 @@ def _reap_one(
     if won:
         bucket.append(job_id)
     return won and bucket is result.requeued
+
+
+def hand_back(session: Session, job_id: str, worker_id: str, *, attempt: int) -> bool:
+    """``running -> queued`` for a job that ``worker_id`` still holds and gives up on purpose
+    (graceful shutdown): lease released, a ``requeued`` event; commits. The caller sends
+    the new message.
+
+    Returns:
+        False when the worker no longer held the job (nothing changed).
+    """
+    won = _count(
+        session,
+        update(JobRecord)
+        .where(
+            JobRecord.id == job_id,
+            JobRecord.status == "running",
+            JobRecord.worker_id == worker_id,
+        )
+        .values(status="queued", worker_id=None, heartbeat_at=utcnow()),
+    )
+    if won:
+        events.record_requeued(
+            session, job_id, attempt=attempt, reason="its worker shut down (SIGTERM)"
+        )
+    session.commit()
+    return won == 1
 
 
 def flag_unsent(session: Session, job_id: str) -> None:
