@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.core.artifacts import (
@@ -276,11 +277,15 @@ def _train_and_publish(run: _Run) -> str:
         except Exception:
             if not stop.lease_expired():
                 raise
-            recorded = False  # cut off past the fence: another run may resume this job
+            log.warning("job %s: database unreachable past the lease fence; stopping", job.id)
+            recorded = False  # another run may resume this job: write nothing more
         if not recorded:
             stop.reason = stop.reason or "lease_lost"
         log.info("job %s epoch %d/%d done (attempt %d)", job.id, epoch, job.epochs, job.attempt)
-        kept.prune(run.factory)  # after the log line: the epoch is recorded, pruning is tidying
+        try:  # after the log line: the epoch is recorded, pruning is tidying
+            kept.prune(run.factory)
+        except DBAPIError:  # the database went away meanwhile: the next epoch prunes
+            log.warning("job %s: could not prune checkpoints", job.id, exc_info=True)
         return stop()
 
     result = train(
