@@ -102,8 +102,11 @@ class StopCheck:
     Args:
         shutdown: set when the worker process stops (:data:`worker.shutdown.SHUTTING_DOWN`):
             the next call is True with reason ``"shutdown"``.
+        deadline: ``time.monotonic()`` value after which the job has run too long
+            (``JOB_MAX_RUNTIME_SECONDS``): reason ``"timeout"``.
     Attributes:
-        reason: ``"cancel_requested"``, ``"lease_lost"``, ``"shutdown"`` or None (carry on).
+        reason: ``"cancel_requested"``, ``"lease_lost"``, ``"shutdown"``, ``"timeout"`` or
+            None (carry on).
     """
 
     def __init__(
@@ -114,9 +117,11 @@ class StopCheck:
         interval: float,
         lease: LeaseKeeper | None = None,
         shutdown: threading.Event | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.factory, self.job_id, self.worker_id = factory, job_id, worker_id
         self.interval, self.lease, self.shutdown = interval, lease, shutdown
+        self.deadline = deadline
         self.reason: str | None = None
         self._next_poll = 0.0
 
@@ -149,6 +154,10 @@ class StopCheck:
         if self.shutdown is not None and self.shutdown.is_set():
             log.warning("job %s: worker shutting down; stopping at this step", self.job_id)
             self.reason = "shutdown"
+            return True
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            log.warning("job %s: ran past its maximum runtime; stopping", self.job_id)
+            self.reason = "timeout"
             return True
         if time.monotonic() >= self._next_poll:
             try:

@@ -33,7 +33,8 @@ run a job in-process. The steps:
    stay (they can be published later); the resumable state is removed.
 5. Cancelled (at a step boundary or just before registration): nothing is registered, the
    written files, checkpoints and their records are removed, the job ends ``cancelled``.
-6. Worker shutting down (SIGTERM, :mod:`worker.shutdown`): training stops at the next
+6. Past ``JOB_MAX_RUNTIME_SECONDS`` since its first start: ``failed`` with ``timeout``.
+   Worker shutting down (SIGTERM, :mod:`worker.shutdown`): training stops at the next
    step and the job is handed back (``queued``, new message) to resume from its checkpoint.
 7. Any exception: ``failed`` with ``{code, message}`` (see :func:`describe_failure`); a full
    disk is ``storage_full`` and frees the job's checkpoints (nothing half-written stays:
@@ -48,6 +49,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +114,16 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
     return "training_error", f"{type(exc).__name__}: {exc}"
 
 
+def runtime_deadline(job: JobRecord, max_seconds: float | None) -> float | None:
+    """The ``time.monotonic()`` value at which ``job`` has run ``max_seconds`` since its
+    first start (``started_at``, kept across resumes); None without a limit."""
+    if max_seconds is None or job.started_at is None:
+        return None
+    started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=UTC)
+    elapsed = (datetime.now(UTC) - started).total_seconds()
+    return time.monotonic() + max_seconds - elapsed
+
+
 def _claim(
     factory: sessionmaker[Session], job_id: str, worker_id: str, settings: Settings
 ) -> JobRecord | None:
@@ -164,8 +176,9 @@ def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None
         started=before_claim,
     )
     stop = StopCheck(
-        factory, job_id, worker_id, CANCEL_POLL_SECONDS, lease=keeper, shutdown=SHUTTING_DOWN
-    )
+        factory, job_id, worker_id, CANCEL_POLL_SECONDS, lease=keeper, shutdown=SHUTTING_DOWN,
+        deadline=runtime_deadline(job, settings.job_max_runtime_seconds),
+    )  # fmt: skip
     with keeper:
         try:
             status = _train_and_publish(_Run(job, settings, factory, worker_id, stop))
@@ -226,6 +239,16 @@ def _finish_stopped(run: _Run, reason: str | None) -> str:
         if done:
             _drop_checkpoints(run.factory, run.settings, run.job.id)
         return "cancelled"
+    if reason == "timeout":
+        limit = run.settings.job_max_runtime_seconds
+        message = f"The job ran longer than its maximum runtime of {limit:g} s."
+        with run.factory() as session:
+            failed = job_state.mark_failed(
+                session, run.job.id, code="timeout", message=message, worker_id=run.worker_id
+            )
+        if failed:
+            _drop_checkpoints(run.factory, run.settings, run.job.id)
+        return "failed"
     if reason == "shutdown" and not run.stop.lease_expired():
         handed = hand_back(run.factory, run.job.id, run.worker_id, run.job.attempt, run.settings)
         return "requeued" if handed else "lease_lost"

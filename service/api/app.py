@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from service.api import adapters, evaluate, health, job_events, jobs, predict, sweeps, webhooks
 from service.api import models as models_api
 from service.api.errors import ErrorResponse, install_error_handlers
+from service.api.limits import RateLimitMiddleware
 from service.api.security import install_security
 from service.core.settings import Settings, get_settings
 from service.db.engine import get_engine
@@ -68,6 +69,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    if settings.rate_limit_per_second:  # inside the key check: it sees the key's id
+        app.add_middleware(
+            RateLimitMiddleware,
+            rate=settings.rate_limit_per_second,
+            burst=settings.rate_limit_burst,
+        )
     install_security(app, settings)
     routers = (health, jobs, job_events, webhooks, sweeps, models_api, adapters, predict, evaluate)
     for module in routers:

@@ -16,14 +16,23 @@ class ApiError(Exception):
         code: stable snake_case code, e.g. ``"adapter_not_found"``.
         message: what was wrong, for a person.
         param: the request field at fault, if any (dotted path).
+        headers: extra response headers (``Retry-After`` of a 429).
     """
 
-    def __init__(self, status: int, code: str, message: str, param: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.param = param
+        self.headers = headers
 
 
 def not_found(kind: str, ident: str, param: str | None = None) -> ApiError:

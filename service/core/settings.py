@@ -163,6 +163,30 @@ class Settings(BaseSettings):
         "claimed gets another one (a message lost with a broker's memory, or never sent while "
         "the broker was down); a duplicate is a no-op (s).",
     )
+    rate_limit_per_second: float | None = Field(
+        None,
+        gt=0,
+        description="Requests a second each API key (or client address on an open API) may "
+        "send to POST /predict and to POST /jobs, per API process; 429 rate_limited beyond "
+        "(unset: no limit).",
+    )
+    rate_limit_burst: int = Field(
+        20,
+        ge=1,
+        description="Requests a key may send at once before RATE_LIMIT_PER_SECOND applies.",
+    )
+    max_active_jobs_per_key: int | None = Field(
+        None,
+        ge=1,
+        description="Most queued + running jobs one API key may have; POST /jobs beyond is 429 "
+        "too_many_active_jobs (unset: no cap; needs API_KEYS).",
+    )
+    job_max_runtime_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Longest a job may run, from its first start (s); a job still training "
+        "then ends failed with code timeout (unset: no limit).",
+    )
 
     # HTTP and CLI
     host: str = Field("127.0.0.1", description="Address the API binds to.")
