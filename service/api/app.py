@@ -15,13 +15,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.adapters.orphans import sweep_orphans
 from service.api import adapters, evaluate, health, job_events, jobs, predict, sweeps, webhooks
 from service.api import models as models_api
 from service.api.errors import ErrorResponse, install_error_handlers
 from service.api.limits import RateLimitMiddleware
 from service.api.security import install_security
 from service.core.settings import Settings, get_settings
-from service.db.engine import get_engine
+from service.db.engine import get_engine, session_factory
 from service.db.migrations import require_migrated, upgrade
 from service.jobs.webhook_dispatcher import WebhookDispatcher
 
@@ -41,6 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.auto_migrate:
             upgrade(settings.database_url)
         require_migrated(get_engine(settings.database_url))
+        with session_factory(settings.database_url)() as session:
+            sweep_orphans(settings, session)  # what a killed import left behind
         dispatcher = WebhookDispatcher(settings)  # sends job webhooks (never the workers)
         dispatcher.start()
         yield

@@ -1,6 +1,7 @@
 """Faults around the service, against real servers the tests start and cut themselves: a
 private ``redis-server`` (killed, back with or without its data), a private database on the
-machine's Postgres (connections refused and terminated), and SIGTERM to a training worker.
+machine's Postgres (connections refused and terminated), SIGTERM to a training worker, and
+SIGKILL of the API in the middle of a write (:mod:`pause_in_api`).
 Real ``lora-service api`` / ``worker`` processes, real MNIST (tests/e2e/e2e_stack.py).
 
 Timing here: heartbeat 0.5 s, lease 4 s (a worker fences itself after 3 s without a
@@ -9,23 +10,40 @@ renewal), reaper every 0.5 s, ``QUEUED_RESEND_SECONDS`` 3 s.
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
-from e2e_stack import Stack, mnist_dir, postgres_redis_backend, services_reachable, submit, watch
+from e2e_stack import (
+    API_COMMAND,
+    Proc,
+    Stack,
+    mnist_dir,
+    postgres_redis_backend,
+    services_reachable,
+    start,
+    submit,
+    watch,
+)
 from fault_servers import RedisServer, cut_database, database_name
+from pause_in_api import install_api_hook
 from robust_helpers import (
     SLOW_EPOCHS,
     SMALL_NET,
     TALLY,
     alive,
     ensure_workers,
+    env_path,
     epochs_done,
     job_row,
+    kill,
     metric_rows,
+    register_base,
     running_on,
     wait_for,
 )
@@ -192,3 +210,95 @@ def test_sigterm_hands_the_job_back_at_once(fault_stack) -> None:  # noqa: ANN00
         events = http.get(f"/jobs/{job_id}/events", params={"limit": 1000}).json()["items"]
     requeued = [e for e in events if e["data"].get("status") == "requeued"]
     assert len(requeued) == 1 and "SIGTERM" in requeued[0]["data"]["reason"], requeued
+
+
+def _hooked_api(stack: Stack, point: str) -> tuple[Proc, Path]:
+    """Replace the stack's API by one that freezes at ``point`` (:mod:`pause_in_api`)."""
+    if stack.api is not None:
+        stack.api.stop()
+    marker = stack.root / f"paused-{point}"
+    marker.unlink(missing_ok=True)
+    hook = install_api_hook(stack.root / f"hook-{point}", point=point, marker=marker)
+    api = start(f"api-{point}", API_COMMAND, {**stack.env, "PYTHONPATH": env_path(hook)},
+                stack.root)  # fmt: skip
+    with stack.client() as http:
+        wait_for(lambda: _healthy(http), 90, f"the hooked API\n{api.output()[-3000:]}", 0.2)
+    return api, marker
+
+
+def _healthy(http: httpx.Client) -> bool:
+    try:
+        return http.get("/health").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _in_thread(call) -> threading.Thread:  # noqa: ANN001 (a callable sending the request)
+    def run() -> None:
+        try:
+            call()
+        except httpx.HTTPError:
+            pass  # the API is killed under it: the client sees a dropped connection
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _adapter_files(tmp: Path) -> list:
+    import torch
+
+    from models.adapter_io import save_adapter
+    from models.classifier import MLP, MLPConfig
+    from models.lora import AdapterWeights, LoraConfig
+
+    net, config = MLP(MLPConfig(hidden1=32, hidden2=32, n_classes=5)), LoraConfig(r=4)
+    A = {n: torch.randn(4, getattr(net, n).in_features) for n in config.target_modules}
+    B = {n: torch.randn(getattr(net, n).out_features, 4) for n in config.target_modules}
+    save_adapter(tmp, AdapterWeights(config, A, B))
+    return [("files", (p.name, p.read_bytes(), "application/octet-stream"))
+            for p in sorted(tmp.iterdir())]  # fmt: skip
+
+
+def test_api_killed_mid_submit_and_mid_adapter_import(fault_stack) -> None:  # noqa: ANN001
+    """SIGKILL of the API between a job's commit and its message: the job is sent by a
+    reaper and runs once, and the client's retry with the same Idempotency-Key gets that
+    job. SIGKILL inside an adapter import (files half-way, or renamed but not registered):
+    after a restart no adapter is registered and its files are removed."""
+    stack, _ = fault_stack
+    _workers(stack, 1)
+    api, marker = _hooked_api(stack, "enqueue")
+    key = {"Idempotency-Key": "killed-mid-submit"}
+    with stack.client() as http:
+        thread = _in_thread(lambda: http.post("/jobs", json=QUICK, headers=key))
+        wait_for(marker.exists, 30, f"the pause after commit\n{api.output()[-3000:]}")
+        kill(api)
+        thread.join(30)
+    stack.start_api()
+    with stack.client() as http:
+        retry = http.post("/jobs", json=QUICK, headers=key)
+        assert retry.status_code == 200 and retry.headers["Idempotent-Replayed"] == "true"
+        job_id = retry.json()["id"]
+    final = _final(stack, job_id)  # never sent by the killed API: a reaper sent it
+    assert final["status"] == "succeeded" and final["attempt"] == 1, (final, stack.logs())
+
+    base_id = register_base(stack)
+    files = _adapter_files(stack.root / "adapter-src")
+    adapters = stack.root.resolve() / "artifacts" / "adapters"
+    for point in ("adapter_write", "adapter_rename"):
+        api, marker = _hooked_api(stack, point)
+        with stack.client() as http:
+            thread = _in_thread(
+                lambda: http.post("/adapters", data={"base_model_id": base_id}, files=files)
+            )
+            wait_for(marker.exists, 30, f"the pause in the import\n{api.output()[-3000:]}")
+            kill(api)
+            thread.join(30)
+        left = list(adapters.iterdir())
+        assert left, "the killed import left nothing to clean up"
+        for path in left:  # as if the crash was long ago: the sweep spares fresh imports
+            os.utime(path, (time.time() - 3600, time.time() - 3600))
+        stack.start_api()
+        with stack.client() as http:
+            assert http.get("/adapters").json()["total"] == 0  # no half-imported adapter
+        assert list(adapters.iterdir()) == [], point
