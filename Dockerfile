@@ -23,4 +23,8 @@ ENV ARTIFACT_DIR=/data/artifacts \
     HOST=0.0.0.0 \
     PORT=8000
 EXPOSE 8000
+# Liveness of the API (the default command). Worker containers override it with
+# `lora-service worker-health` (docker-compose.yml does), readiness is /health/ready.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health/live', timeout=3)"]
 CMD ["lora-service", "api"]

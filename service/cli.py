@@ -3,6 +3,7 @@
     lora-service migrate      bring the database to the Alembic head
     lora-service api          the REST API (uvicorn on HOST:PORT)
     lora-service worker       one Celery training worker (solo pool, TRAINING_QUEUE)
+    lora-service worker-health  exit 0 when the worker's heartbeat file is fresh (liveness)
     lora-service dev          migrate, then API + one worker together; Ctrl-C stops both
     lora-service compare      full fine-tune vs LoRA through the API (service/client/compare.py)
     lora-service demo         the embedded stack up, ``compare`` on it, the stack down
@@ -28,6 +29,7 @@ import sys
 from collections.abc import Sequence
 
 from service.client import commands, compare, demo
+from service.core.logs import configure_logging
 from service.core.settings import Settings, get_settings
 
 EXIT_NOT_MIGRATED = 2
@@ -87,6 +89,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's loggers go through ours (LOG_FORMAT, request ids)
     )
     return 0
 
@@ -131,6 +134,19 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     os._exit(code)
 
 
+def cmd_worker_health(args: argparse.Namespace, settings: Settings) -> int:
+    """0 when WORKER_HEARTBEAT_FILE (or ``--file``) was rewritten within
+    WORKER_HEALTH_MAX_AGE seconds (or ``--max-age``), else 1; prints why."""
+    from pathlib import Path
+
+    from worker.observe import check_heartbeat
+
+    path = Path(args.file) if args.file else settings.worker_heartbeat_file
+    healthy, why = check_heartbeat(path, args.max_age or settings.worker_health_max_age)
+    print(f"lora-service: {'live' if healthy else 'NOT live'}: {why}")
+    return 0 if healthy else 1
+
+
 def cmd_dev(_: argparse.Namespace, settings: Settings) -> int:
     """Migrate, then run ``api`` and ``worker`` under honcho; Ctrl-C (or either exiting)
     stops both. Returns honcho's exit code."""
@@ -158,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run one training worker")
     worker.add_argument("--name", default=None, help="worker name (default worker<pid>)")
     worker.set_defaults(func=cmd_worker)
+    health = sub.add_parser("worker-health", help="is the worker's heartbeat file fresh?")
+    health.add_argument("--file", default=None, help="default: WORKER_HEARTBEAT_FILE")
+    health.add_argument("--max-age", type=float, default=None, help="seconds")
+    health.set_defaults(func=cmd_worker_health)
     sub.add_parser("dev", help="migrate, then API + one worker; Ctrl-C stops both").set_defaults(
         func=cmd_dev
     )
@@ -175,11 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request in CLI output
+    configure_logging(settings)
     func = args.func
     if func.__module__ == __name__:
         return int(func(args, settings) or 0)

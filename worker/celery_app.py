@@ -6,11 +6,13 @@ PyTorch and the training code are imported when the worker process starts
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import setup_logging, worker_init
 
+from service.core.logs import configure_logging
 from service.core.settings import Settings, get_settings
 from service.jobs.queue import get_celery
 
@@ -21,6 +23,21 @@ def worker_app(settings: Settings | None = None) -> Celery:
     import worker.tasks  # noqa: F401  (registers run_job and the reaper's worker_ready hook)
 
     return get_celery(settings or get_settings())
+
+
+@setup_logging.connect
+def _logging(**_: Any) -> None:
+    """Celery leaves the root logger to us: the service's format (``LOG_FORMAT``)."""
+    configure_logging(get_settings())
+
+
+@worker_init.connect
+def _observe(sender: Any = None, **_: Any) -> None:
+    """Metrics port, heartbeat file and the ``worker`` log field (:mod:`worker.observe`)."""
+    from worker import observe
+
+    hostname = getattr(sender, "hostname", None) or "worker"
+    observe.start(get_settings(), f"{hostname}:{os.getpid()}")
 
 
 @worker_init.connect

@@ -69,6 +69,7 @@ from service.core.job_spec import (
     JobSpec,
     parse_stored,
 )
+from service.core.logs import attempt_var
 from service.core.settings import Settings, get_settings
 from service.core.vocab import ADAPTER_PREFIX, MODEL_PREFIX, derived_id, model_kind_of
 from service.db import adapter_records, checkpoint_records, job_records, model_records
@@ -79,6 +80,7 @@ from service.jobs import events, leases
 from service.jobs import state as job_state
 from service.jobs.queue import enqueue_job
 from service.jobs.sweeps import plan as sweep_plan
+from worker import observe
 from worker.build import JobFailure, build_network, load_base_digits, load_data
 from worker.checkpoints import EpochCheckpoints
 from worker.lease import LeaseKeeper, StopCheck, fence_after
@@ -166,6 +168,8 @@ def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None
     if job is None:
         log.info("job %s is not queued and holds no stale lease; nothing to do", job_id)
         return "skipped"
+    attempt_var.set(job.attempt)  # log lines carry it (job_id: worker.tasks)
+    observe.job_started(job_id, job.kind)
     log.info("job %s (%s) running, attempt %d, on %s", job_id, job.kind, job.attempt, worker_id)
     keeper = LeaseKeeper(
         factory,
@@ -179,6 +183,7 @@ def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None
         factory, job_id, worker_id, CANCEL_POLL_SECONDS, lease=keeper, shutdown=SHUTTING_DOWN,
         deadline=runtime_deadline(job, settings.job_max_runtime_seconds),
     )  # fmt: skip
+    code = None
     with keeper:
         try:
             status = _train_and_publish(_Run(job, settings, factory, worker_id, stop))
@@ -192,6 +197,9 @@ def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None
             if failed and code == "storage_full":  # it never resumes: free what it took
                 _drop_checkpoints(factory, settings, job_id)
             status = "failed"
+    if status == "failed" and code is None:
+        code = stop.reason  # ended by the stop check: "timeout"
+    observe.job_ended(job_id, job.kind, status, code)
     log.info("job %s ended %s (attempt %d)", job_id, status, job.attempt)
     return status
 
@@ -273,6 +281,7 @@ def _train_and_publish(run: _Run) -> str:
     kept = EpochCheckpoints(run.settings, job.id, job.base_model_id, spec)
 
     def on_epoch(metrics: Any) -> bool:
+        observe.epoch_done(job.kind, metrics)
         values = metrics.as_dict()
         epoch = int(values.pop("epoch"))
         if base_digits is not None:

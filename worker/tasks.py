@@ -10,6 +10,7 @@ import os
 
 from celery import Task, shared_task
 
+from service.core.logs import job_context
 from service.core.settings import get_settings
 from service.jobs.queue import RUN_JOB_TASK
 from worker import reaper, runner  # reaper: its worker_ready handler starts the reaper
@@ -21,4 +22,5 @@ __all__ = ["reaper", "run_job"]
 def run_job(self: Task, job_id: str) -> str:
     """Run training job ``job_id``; returns its final status (see ``runner.run_job``)."""
     worker_id = f"{self.request.hostname or 'worker'}:{os.getpid()}"
-    return runner.run_job(job_id, get_settings(), worker_id=worker_id)
+    with job_context(job_id):  # every log line of the job carries its id
+        return runner.run_job(job_id, get_settings(), worker_id=worker_id)

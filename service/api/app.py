@@ -10,20 +10,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from service.adapters.orphans import sweep_orphans
-from service.api import adapters, evaluate, health, job_events, jobs, predict, sweeps, webhooks
+from service.api import (
+    adapters,
+    evaluate,
+    health,
+    job_events,
+    jobs,
+    predict,
+    prometheus,
+    sweeps,
+    webhooks,
+)
 from service.api import models as models_api
 from service.api.errors import ErrorResponse, install_error_handlers
 from service.api.limits import RateLimitMiddleware
+from service.api.observe import ObserveMiddleware
 from service.api.security import install_security
 from service.core.settings import Settings, get_settings
 from service.db.engine import get_engine, session_factory
 from service.db.migrations import require_migrated, upgrade
+from service.jobs.metrics_scrape import check_multiprocess, mark_process_dead
 from service.jobs.webhook_dispatcher import WebhookDispatcher
 
 log = logging.getLogger("service")
@@ -44,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         require_migrated(get_engine(settings.database_url))
         with session_factory(settings.database_url)() as session:
             sweep_orphans(settings, session)  # what a killed import left behind
+        check_multiprocess(settings)
         dispatcher = WebhookDispatcher(settings)  # sends job webhooks (never the workers)
         dispatcher.start()
         yield
@@ -51,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         predictor = getattr(app.state, "predictor", None)
         if predictor is not None:
             await predictor.aclose()
+        mark_process_dead(settings, os.getpid())
 
     app = FastAPI(
         title="LoRA fine-tuning and serving service",
@@ -79,7 +94,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             burst=settings.rate_limit_burst,
         )
     install_security(app, settings)
+    # outermost: the request id is set before any other middleware answers
+    app.add_middleware(ObserveMiddleware, router_app=app, metrics=settings.metrics_enabled)
     routers = (health, jobs, job_events, webhooks, sweeps, models_api, adapters, predict, evaluate)
+    routers += (prometheus,)
     for module in routers:
         app.include_router(module.router)
     return app

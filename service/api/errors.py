@@ -18,17 +18,20 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.core.errors import RETRY_AFTER_SECONDS, ApiError, database_busy, database_unavailable
+from service.core.logs import request_id_var
 from service.db.retry import is_locked, is_unreachable
 
 log = logging.getLogger(__name__)
 
 
 class ErrorBody(BaseModel):
-    """The inside of the envelope: a stable machine code, a human message, the offending field."""
+    """The inside of the envelope: a stable machine code, a human message, the offending
+    field, and the request's id (the ``X-Request-ID`` answer header; in the logs)."""
 
     code: str
     message: str
     param: str | None = None
+    request_id: str | None = None
 
 
 class ErrorResponse(BaseModel):
@@ -40,9 +43,13 @@ class ErrorResponse(BaseModel):
 def error_response(
     status: int, code: str, message: str, param: str | None = None, headers: Any = None
 ) -> JSONResponse:
-    """Build the envelope response directly (for middleware that cannot raise); a 503 gets
-    ``Retry-After`` (:data:`~service.core.errors.RETRY_AFTER_SECONDS`) unless given one."""
-    body = {"error": {"code": code, "message": message, "param": param}}
+    """Build the envelope response directly (for middleware that cannot raise); it carries
+    the current request's id (body and ``X-Request-ID`` header) when one is set, and a 503
+    gets ``Retry-After`` (:data:`~service.core.errors.RETRY_AFTER_SECONDS`) unless given one."""
+    request_id = request_id_var.get()
+    body = {"error": {"code": code, "message": message, "param": param, "request_id": request_id}}
+    if request_id is not None:
+        headers = {**(headers or {}), "X-Request-ID": request_id}
     if status == 503:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **dict(headers or {})}
     return JSONResponse(body, status_code=status, headers=headers)

@@ -1,8 +1,15 @@
-"""``GET /health``: is the database reachable and migrated, is the broker reachable."""
+"""Probes: ``GET /health/live`` (the process answers) and ``GET /health/ready`` (database
+reachable and migrated, broker reachable, artifact store writable; 503 naming which is
+not). ``GET /health`` is the readiness probe under its old name.
+
+Liveness checks nothing outside the process, so an orchestrator never restarts the API
+because Postgres or Redis is briefly away; readiness takes it out of rotation instead."""
 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -26,6 +33,13 @@ class HealthOut(BaseModel):
     status: str = Field(description='"ok".')
     database: str = Field(description='"ok".')
     broker: str = Field(description='"ok".')
+    artifact_store: str = Field(description='"ok".')
+
+
+class LiveOut(BaseModel):
+    """The process answers."""
+
+    status: str = Field(description='"ok".')
 
 
 def check_database(settings: Settings) -> str | None:
@@ -50,13 +64,39 @@ def check_broker(settings: Settings) -> str | None:
     return None
 
 
-@router.get("/health", response_model=HealthOut, responses={503: {"model": ErrorResponse}})
-def health(settings: SettingsDep) -> HealthOut | JSONResponse:
-    """200 when the database (migrated) and the broker are reachable; 503 otherwise."""
-    problems = [p for p in (check_database(settings), check_broker(settings)) if p]
+def check_artifact_store(settings: Settings) -> str | None:
+    """None when ``ARTIFACT_DIR`` exists (created if missing) and takes a file, else why."""
+    probe = settings.artifact_dir / f".ready-{secrets.token_hex(4)}"
+    try:
+        settings.artifact_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        os.unlink(probe)
+    except OSError as exc:
+        return f"artifact_store: {exc}"
+    return None
+
+
+@router.get("/health/live", response_model=LiveOut)
+async def live() -> LiveOut:
+    """200 whenever the process answers (checks nothing outside it)."""
+    return LiveOut(status="ok")
+
+
+@router.get("/health/ready", response_model=HealthOut, responses={503: {"model": ErrorResponse}})
+def ready(settings: SettingsDep) -> HealthOut | JSONResponse:
+    """200 when the database (migrated), the broker and the artifact store are reachable;
+    503 ``unhealthy`` naming the ones that are not."""
+    checks = (check_database, check_broker, check_artifact_store)
+    problems = [p for check in checks if (p := check(settings))]
     if problems:
         # The details (hosts, users, driver messages) go to the log, not to this public endpoint.
-        log.warning("health check failed: %s", "; ".join(problems))
+        log.warning("readiness check failed: %s", "; ".join(problems))
         failing = " and ".join(p.split(":", 1)[0] for p in problems)
         return error_response(503, "unhealthy", f"Unreachable or not ready: {failing}.")
-    return HealthOut(status="ok", database="ok", broker="ok")
+    return HealthOut(status="ok", database="ok", broker="ok", artifact_store="ok")
+
+
+@router.get("/health", response_model=HealthOut, responses={503: {"model": ErrorResponse}})
+def health(settings: SettingsDep) -> HealthOut | JSONResponse:
+    """The readiness probe (``/health/ready``) under its first name."""
+    return ready(settings)

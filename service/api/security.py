@@ -244,6 +244,8 @@ def install_security(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     keys = [v for k in settings.api_keys if (v := k.get_secret_value())]
     public_paths = _public_paths(app)
+    if settings.metrics_token is not None:  # /metrics checks METRICS_TOKEN itself
+        public_paths.append("/metrics")
     public_prefixes = (HEALTH_PATH + "/",)
 
     def is_public(path: str) -> bool:

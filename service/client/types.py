@@ -182,3 +182,4 @@ class Health(TypedDict):
     status: str
     database: str
     broker: str
+    artifact_store: str

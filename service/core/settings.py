@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -187,6 +187,7 @@ class Settings(BaseSettings):
         description="Longest a job may run, from its first start (s); a job still training "
         "then ends failed with code timeout (unset: no limit).",
     )
+    # --- end issue 17 ---
 
     # HTTP and CLI
     host: str = Field("127.0.0.1", description="Address the API binds to.")
@@ -196,6 +197,59 @@ class Settings(BaseSettings):
     )
     api_key: SecretStr | None = Field(None, description="Bearer key the CLI sends, if any.")
     log_level: str = Field("INFO", description="Python logging level.")
+
+    # --- issue 14: observability (metrics, logs, probes) ---
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines as `text` or `json` (one object per line: time, level, logger, "
+        "message, request_id, job_id, attempt, worker).",
+    )
+    metrics_enabled: bool = Field(
+        True, description="Record Prometheus metrics and serve `GET /metrics` (API and workers)."
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token `GET /metrics` requires instead of an API key (unset: "
+        "`/metrics` follows API_KEYS).",
+    )
+    prometheus_multiproc_dir: Path | None = Field(
+        None,
+        description="prometheus-client multiprocess directory: set it (empty, shared) when "
+        "several API processes on one host are scraped as one; prometheus-client reads it too.",
+    )
+    metrics_adapter_labels: int = Field(
+        64,
+        ge=1,
+        description="Most distinct adapter ids one process labels metrics with; further "
+        'adapters count under `adapter="_other"` (deleted ones are never exported).',
+    )
+    worker_metrics_port: int = Field(
+        9101,
+        ge=0,
+        le=65535,
+        description="First port a worker serves its metrics on; taken ports are skipped "
+        "(the next 31 are tried), 0 picks any free port. The chosen one is logged.",
+    )
+    worker_heartbeat_file: Path = Field(
+        Path("./var/worker.heartbeat"),
+        description="File a worker rewrites every WORKER_HEARTBEAT_FILE_SECONDS (also while "
+        "training); `lora-service worker-health` checks it. One per worker process.",
+    )
+    worker_heartbeat_file_seconds: float = Field(
+        2.0, gt=0, description="How often a worker rewrites its heartbeat file (s)."
+    )
+    worker_health_max_age: float = Field(
+        15.0,
+        gt=0,
+        description="`lora-service worker-health` fails when the heartbeat file is older (s).",
+    )
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_token_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    # --- end issue 14 ---
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -19,6 +19,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from service.serving.metrics import ServingMetrics
+
 log = logging.getLogger(__name__)
 
 V = TypeVar("V")
@@ -46,6 +48,7 @@ class _Entry(Generic[V]):
     value: V
     loaded_at: float  # time.monotonic(), seconds
     load_ms: float
+    nbytes: int = 0
 
 
 class LRUCache(Generic[V]):
@@ -53,13 +56,22 @@ class LRUCache(Generic[V]):
 
     Args:
         capacity: most resident values, >= 1.
-        name: what the values are, for log lines ("adapter", "model").
+        name: what the values are, for log lines ("adapter", "model") and the ``cache``
+            label of its metrics.
+        metrics: records hits, misses, loads, evictions and what is resident (optional).
+        nbytes: the bytes a value holds, for ``lora_cache_resident_bytes`` (optional).
 
     Raises:
         ValueError: ``capacity`` < 1.
     """
 
-    def __init__(self, capacity: int, name: str = "value") -> None:
+    def __init__(
+        self,
+        capacity: int,
+        name: str = "value",
+        metrics: ServingMetrics | None = None,
+        nbytes: Callable[[V], int] | None = None,
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
@@ -68,6 +80,9 @@ class LRUCache(Generic[V]):
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._stats = CacheStats(capacity=capacity, resident=[])
+        self._metrics = metrics
+        self._nbytes = nbytes
+        self._bytes = 0
 
     def __len__(self) -> int:
         with self._lock:
@@ -90,7 +105,9 @@ class LRUCache(Generic[V]):
                 return None
             self._entries.move_to_end(key)
             self._stats.hits += 1
-            return entry.value
+        if self._metrics is not None:
+            self._metrics.cache_hit(self.name)
+        return entry.value
 
     def get_or_load(self, key: Hashable, loader: Callable[[], V]) -> V:
         """The value for ``key``, calling ``loader()`` on a miss and evicting LRU entries.
@@ -110,8 +127,12 @@ class LRUCache(Generic[V]):
             if entry is not None:
                 self._entries.move_to_end(key)
                 self._stats.hits += 1
-                return entry.value
-            self._stats.misses += 1
+            else:
+                self._stats.misses += 1
+        if self._metrics is not None:
+            (self._metrics.cache_hit if entry else self._metrics.cache_miss)(self.name)
+        if entry is not None:
+            return entry.value
         with self._load_lock:
             with self._lock:  # second check: loaded by another thread while we waited
                 entry = self._entries.get(key)
@@ -126,7 +147,12 @@ class LRUCache(Generic[V]):
                     self._stats.load_failures += 1
                 raise
             load_ms = (time.perf_counter() - start) * 1000.0
-            evicted = self._insert(key, _Entry(value, time.monotonic(), load_ms))
+            nbytes = self._nbytes(value) if self._nbytes else 0
+            evicted = self._insert(key, _Entry(value, time.monotonic(), load_ms, nbytes))
+        if self._metrics is not None:
+            self._metrics.cache_loaded(self.name, load_ms / 1000.0)
+            self._metrics.cache_evicted(self.name, len(evicted))
+            self._report_resident()
         log.info("%s %s loaded in %.2f ms", self.name, key, load_ms)
         if evicted:
             self._drop(evicted, "evicted (least recently used)")
@@ -138,8 +164,10 @@ class LRUCache(Generic[V]):
         with self._lock:
             self._entries[key] = entry
             self._entries.move_to_end(key)
+            self._bytes += entry.nbytes
             while len(self._entries) > self.capacity:
                 evicted.append(self._entries.popitem(last=False))
+                self._bytes -= evicted[-1][1].nbytes
             s = self._stats
             s.loads += 1
             s.evictions += len(evicted)
@@ -155,8 +183,12 @@ class LRUCache(Generic[V]):
             entry = self._entries.pop(key, None)
             if entry is not None:
                 self._stats.evictions += 1
+                self._bytes -= entry.nbytes
         if entry is None:
             return False
+        if self._metrics is not None:
+            self._metrics.cache_evicted(self.name)
+            self._report_resident()
         pair = [(key, entry)]
         del entry
         self._drop(pair, reason)
@@ -166,6 +198,15 @@ class LRUCache(Generic[V]):
         """Drop every entry."""
         with self._lock:
             self._entries.clear()
+            self._bytes = 0
+        if self._metrics is not None:
+            self._report_resident()
+
+    def _report_resident(self) -> None:
+        with self._lock:
+            values, nbytes = len(self._entries), self._bytes
+        assert self._metrics is not None
+        self._metrics.cache_resident(self.name, values, nbytes)
 
     def stats(self) -> CacheStats:
         """A snapshot of the counters and the resident keys (LRU first)."""

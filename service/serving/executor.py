@@ -45,6 +45,7 @@ from service.db import adapter_records, model_records
 from service.db.engine import get_engine, session_factory
 from service.serving import invalidation
 from service.serving.cache import LRUCache
+from service.serving.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
 V = TypeVar("V")
@@ -127,8 +128,13 @@ class BatchExecutor:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.adapters: LRUCache[LoadedAdapter] = LRUCache(settings.adapter_cache_size, "adapter")
-        self.models: LRUCache[LoadedModel] = LRUCache(settings.model_cache_size, "model")
+        self.metrics = ServingMetrics(settings)
+        self.adapters: LRUCache[LoadedAdapter] = LRUCache(
+            settings.adapter_cache_size, "adapter", self.metrics, lambda a: a.weights.nbytes
+        )
+        self.models: LRUCache[LoadedModel] = LRUCache(
+            settings.model_cache_size, "model", self.metrics, _model_bytes
+        )
         self.stats = BatchStats()
         self.engine = get_engine(settings.database_url)
         self._sessions = session_factory(settings.database_url)
@@ -139,6 +145,7 @@ class BatchExecutor:
         (deleted here or elsewhere, or changed under the same id; see
         :mod:`service.serving.invalidation`). Thread-safe; True when it was resident."""
         cache = self.adapters if kind == "adapter" else self.models
+        self.metrics.forgotten(kind, record_id)
         return cache.evict(record_id, f"evicted ({reason})")
 
     # ---------------------------------------------------------------- resolving records
@@ -336,8 +343,10 @@ class BatchExecutor:
         probs = torch.softmax(self.forward(base, torch.cat(xs), per_sample), dim=1)
         top = probs.argmax(dim=1).tolist()
         rows = probs.tolist()
+        seconds = time.perf_counter() - start
         self.stats.forward_passes += 1
-        self.stats.forward_ms_total += (time.perf_counter() - start) * 1000.0
+        self.stats.forward_ms_total += seconds * 1000.0
+        self.metrics.forward(seconds)
         offset = 0
         for i in run:
             r, n = resolved[i], batch[i].x.shape[0]
@@ -351,6 +360,7 @@ class BatchExecutor:
                 )
                 for k in range(offset, offset + n)
             ]
+            self.metrics.predicted(base.model_id, r.adapter[0] if r.adapter else None, n)
             offset += n
 
 
@@ -382,6 +392,12 @@ def _resolve_item(
     if row is None:
         return not_found("model", model_id, "model_id")
     return Resolved(model_id, row.path, tuple(row.classes), adapter)
+
+
+def _model_bytes(loaded: LoadedModel) -> int:
+    """Bytes of a loaded network's parameters and buffers."""
+    tensors = (*loaded.model.parameters(), *loaded.model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 _heap_frozen = False

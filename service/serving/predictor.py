@@ -154,6 +154,10 @@ class Predictor:
                 timer.cancel()
                 self._full = None
             batch = self._take_batch()
+            now = loop.time()
+            self.executor.metrics.batch(
+                sum(q.x.shape[0] for q in batch), [now - q.arrived for q in batch]
+            )
             try:
                 results = await loop.run_in_executor(self._thread, self.executor.run, batch)
             except asyncio.CancelledError:

@@ -126,6 +126,7 @@ def test_missing_file_field(predict_client) -> None:
         "code": "missing_file",
         "message": "The form has no `file` field.",
         "param": "file",
+        "request_id": r.headers["x-request-id"],
     }
 
 

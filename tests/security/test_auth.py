@@ -20,7 +20,7 @@ def keyed_client(make_app) -> Iterator[TestClient]:
         yield c
 
 
-PUBLIC = ["/health", "/docs", "/redoc", "/openapi.json"]
+PUBLIC = ["/health", "/health/live", "/health/ready", "/docs", "/redoc", "/openapi.json"]
 
 
 def _bearer(key: str) -> dict[str, str]:

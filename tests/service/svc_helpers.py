@@ -12,7 +12,9 @@ def error_of(resp, status: int, code: str, param: str | None = "ANY") -> dict:  
     """Assert ``resp`` is the error envelope with ``status`` and ``code`` (and ``param``)."""
     assert resp.status_code == status, resp.text
     body = resp.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "param"}, body
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message", "param", "request_id"}, body
+    assert body["error"]["request_id"] == resp.headers.get("x-request-id"), body
     assert body["error"]["code"] == code, body
     assert body["error"]["message"], body
     if param != "ANY":

@@ -196,7 +196,9 @@ def test_models_and_adapters_lists(client, migrated, base_model: str) -> None:
 
 
 def test_health_ok_and_docs_served(client) -> None:
-    assert client.get("/health").json() == {"status": "ok", "database": "ok", "broker": "ok"}
+    ready = {"status": "ok", "database": "ok", "broker": "ok", "artifact_store": "ok"}
+    assert client.get("/health").json() == client.get("/health/ready").json() == ready
+    assert client.get("/health/live").json() == {"status": "ok"}
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     for path in ("/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/jobs/{job_id}/metrics",

@@ -307,7 +307,12 @@ def test_client_checkpoints_publish_and_predict(client: Client, pretrain: dict) 
 
 
 def test_client_unreachable_and_health(client: Client) -> None:
-    assert client.health() == {"status": "ok", "database": "ok", "broker": "ok"}
+    assert client.health() == {
+        "status": "ok",
+        "database": "ok",
+        "broker": "ok",
+        "artifact_store": "ok",
+    }
     with Client(f"http://127.0.0.1:{free_port()}", api_key="") as down:
         with pytest.raises(ServiceError) as info:
             down.jobs.list()

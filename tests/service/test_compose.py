@@ -132,11 +132,40 @@ def test_dockerfile_is_one_image_of_the_project() -> None:
     assert "pip install" in text and '"lora-service"' in text
 
 
+def test_probes_and_prometheus_find_every_process(compose: dict[str, Any]) -> None:
+    """Health checks use the probes; Prometheus scrapes the API and, by DNS service
+    discovery, every scaled worker on the port the workers are told to use."""
+    services = compose["services"]
+    api_check = " ".join(services["api"]["healthcheck"]["test"])
+    assert "/health/ready" in api_check and str(_env(services["api"])["PORT"]) in api_check
+    assert services["worker"]["healthcheck"]["test"] == ["CMD", "lora-service", "worker-health"]
+    assert "/health/live" in (ROOT / "Dockerfile").read_text()
+    worker_env = _env(services["worker"])
+    port = Settings(
+        _env_file=None, worker_metrics_port=worker_env["WORKER_METRICS_PORT"]
+    ).worker_metrics_port
+    assert str(port) in services["worker"]["expose"]
+    assert worker_env["WORKER_HEARTBEAT_FILE"].startswith("/tmp/")
+    for name in APP_SERVICES:
+        env = _env(services[name])
+        assert env["LOG_FORMAT"] == "json" and env["METRICS_TOKEN"].startswith("${METRICS_TOKEN")
+    prom = services["prometheus"]
+    mount = next(v for v in prom["volumes"] if v.startswith("./deploy/prometheus.yml:"))
+    config = yaml.safe_load((ROOT / mount.split(":")[0]).read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    api_sd = jobs["lora-api"]["dns_sd_configs"][0]
+    assert api_sd["names"] == ["api"] and api_sd["port"] == int(_env(services["api"])["PORT"])
+    assert jobs["lora-api"]["metrics_path"] == "/metrics"
+    assert jobs["lora-api"]["authorization"]["credentials_file"] in " ".join(prom["command"])
+    worker_sd = jobs["lora-worker"]["dns_sd_configs"][0]
+    assert worker_sd == {**worker_sd, "names": ["worker"], "type": "A", "port": port}
+
+
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
 def test_docker_compose_config_validates() -> None:
     result = subprocess.run(
         ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-        env={"API_KEYS": "k1,k2", "PATH": "/usr/bin:/bin:/usr/local/bin"},
+        env={"API_KEYS": "k1,k2", "METRICS_TOKEN": "t", "PATH": "/usr/bin:/bin:/usr/local/bin"},
         capture_output=True,
         text=True,
         timeout=60,
