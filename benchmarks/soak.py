@@ -29,6 +29,7 @@ import argparse
 import json
 import random
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -163,8 +164,11 @@ def _check(stack: Stack, jobs: dict[str, str]) -> dict[str, object]:
     }
 
 
-def soak(minutes: float, seed: int, workers: int, backlog: int) -> dict[str, object]:
-    """Run the soak (see the module doc); returns the summary."""
+def soak(
+    minutes: float, seed: int, workers: int, backlog: int, logs: Path | None = None
+) -> dict[str, object]:
+    """Run the soak (see the module doc); returns the summary. ``logs``: a directory to
+    copy the processes' logs into at the end (for a failed invariant)."""
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="soak_") as tmp:
         root = Path(tmp)
@@ -237,6 +241,10 @@ def soak(minutes: float, seed: int, workers: int, backlog: int) -> dict[str, obj
             stack.stop()
             backend.cleanup()
             redis.stop()
+            if logs is not None:
+                logs.mkdir(parents=True, exist_ok=True)
+                for log in root.glob("*.log"):
+                    shutil.copy(log, logs / log.name)
 
 
 def main() -> int:
@@ -245,8 +253,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--backlog", type=int, default=4, help="unfinished jobs kept")
+    parser.add_argument("--logs", type=Path, default=None, help="copy process logs here")
     args = parser.parse_args()
-    summary = soak(args.minutes, args.seed, args.workers, args.backlog)
+    summary = soak(args.minutes, args.seed, args.workers, args.backlog, args.logs)
     print(json.dumps(summary))
     bad = ("lost", "twice", "metric_rows_bad", "artifact_bad", "unexpected_5xx")
     return 1 if any(summary[k] for k in bad) else 0
