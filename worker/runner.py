@@ -405,6 +405,7 @@ def _register(
             classes=spec.classes,
             test_accuracy=result.test_accuracy,
             path=str(directory),
+            precision=result.precision,
         )
     else:
         model_records.register_model(
@@ -418,6 +419,7 @@ def _register(
             n_parameters=count_parameters(model),
             test_accuracy=result.test_accuracy,
             path=str(directory),
+            precision=result.precision,
         )
 
 
@@ -440,6 +442,7 @@ def _publish(
         "selected_epoch": selected,
         "stopped_early": result.stopped_early,
         "base_test_accuracy": base_test,
+        "precision": result.precision,
     }
     if stop.poll():
         return _finish_stopped(run, stop.reason)

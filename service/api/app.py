@@ -29,6 +29,7 @@ from service.api import (
     webhooks,
 )
 from service.api import models as models_api
+from service.api.dashboard import PUBLIC_PATHS, PUBLIC_PREFIXES, install_dashboard
 from service.api.errors import ErrorResponse, install_error_handlers
 from service.api.limits import RateLimitMiddleware
 from service.api.observe import ObserveMiddleware
@@ -73,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Pre-train an MNIST MLP, fine-tune it fully or with LoRA adapters, and "
         "serve the base model with any adapter hot-swapped per request.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc are served offline by service.api.dashboard
+        redoc_url=None,
         responses={
             400: {"model": ErrorResponse},
             401: {"model": ErrorResponse},
@@ -93,11 +96,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             rate=settings.rate_limit_per_second,
             burst=settings.rate_limit_burst,
         )
-    install_security(app, settings)
+    install_security(app, settings, PUBLIC_PATHS, PUBLIC_PREFIXES)
     # outermost: the request id is set before any other middleware answers
     app.add_middleware(ObserveMiddleware, router_app=app, metrics=settings.metrics_enabled)
     routers = (health, jobs, job_events, webhooks, sweeps, models_api, adapters, predict, evaluate)
     routers += (prometheus,)
     for module in routers:
         app.include_router(module.router)
+    install_dashboard(app)
     return app

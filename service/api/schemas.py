@@ -74,6 +74,9 @@ class JobResult(BaseModel):
     stopped_early: str | None = Field(
         None, description="Why training ended before config.epochs (early stopping), if it did."
     )
+    precision: str | None = Field(
+        None, description="Matmul precision config.precision resolved to (fp32 or bf16)."
+    )
 
 
 class JobErrorOut(BaseModel):
@@ -193,6 +196,9 @@ class ModelOut(BaseModel):
     job_id: str | None
     parent_id: str | None = Field(description="Model this one was fine-tuned from.")
     created_at: datetime
+    precision: str | None = Field(
+        None, description="Matmul precision it was trained in (fp32, bf16); null: not recorded."
+    )
 
 
 class AdapterOut(BaseModel):
@@ -211,6 +217,11 @@ class AdapterOut(BaseModel):
     test_accuracy: float | None
     job_id: str | None
     created_at: datetime
+    precision: str | None = Field(
+        None,
+        description="Matmul precision it was trained in (fp32, bf16); null: imported or "
+        "not recorded.",
+    )
 
 
 def _config_out(job: JobRecord) -> dict[str, Any]:
@@ -239,6 +250,7 @@ def job_out(job: JobRecord, now: datetime | None = None) -> JobOut:
             test_accuracy=finite(job.test_accuracy),
             selected_epoch=(job.test_metrics or {}).get("selected_epoch"),
             stopped_early=(job.test_metrics or {}).get("stopped_early"),
+            precision=(job.test_metrics or {}).get("precision"),
         )
     error = None
     if job.error_code is not None:
@@ -332,6 +344,7 @@ def model_out(record: ModelRecord) -> ModelOut:
         job_id=record.job_id,
         parent_id=record.parent_id,
         created_at=as_utc(record.created_at),  # type: ignore[arg-type]
+        precision=record.precision,
     )
 
 
@@ -351,4 +364,5 @@ def adapter_out(record: AdapterRecord) -> AdapterOut:
         test_accuracy=finite(record.test_accuracy),
         job_id=record.job_id,
         created_at=as_utc(record.created_at),  # type: ignore[arg-type]
+        precision=record.precision,
     )

@@ -232,21 +232,28 @@ def _declare_bearer_scheme(app: FastAPI, keyed: bool, is_public: Callable[[str],
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def install_security(app: FastAPI, settings: Settings) -> None:
+def install_security(
+    app: FastAPI,
+    settings: Settings,
+    extra_public_paths: Iterable[str] = (),
+    extra_public_prefixes: Iterable[str] = (),
+) -> None:
     """Add the body-size limit and (when keys are configured) API-key checks to ``app``.
 
     Args:
         app: the FastAPI app (routers may be included afterwards).
         settings: ``max_request_bytes`` (bytes) and ``api_keys`` are used.
+        extra_public_paths: more exact paths served without a key (the dashboard, docs).
+        extra_public_prefixes: more path prefixes served without a key (static files).
 
     With no keys configured the API is open, which is logged as a WARNING.
     """
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     keys = [v for k in settings.api_keys if (v := k.get_secret_value())]
-    public_paths = _public_paths(app)
+    public_paths = [*_public_paths(app), *extra_public_paths]
     if settings.metrics_token is not None:  # /metrics checks METRICS_TOKEN itself
         public_paths.append("/metrics")
-    public_prefixes = (HEALTH_PATH + "/",)
+    public_prefixes = (HEALTH_PATH + "/", *extra_public_prefixes)
 
     def is_public(path: str) -> bool:
         return path in public_paths or path.startswith(public_prefixes)

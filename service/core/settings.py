@@ -93,6 +93,13 @@ class Settings(BaseSettings):
         description="torch intra-op threads in the API process (process-wide; /predict runs "
         "one forward pass at a time, and on a small machine extra threads only contend).",
     )
+    # --- issue 16: serving precision ---
+    serving_precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32",
+        description="Matmul precision of /predict and /evaluate: fp32, bf16 (served weights "
+        "cast to bf16 once at load) or auto (bf16 where the hardware has it: CUDA with bf16, "
+        "a CPU with AMX/AVX512-BF16; else fp32).",
+    )
 
     # events and webhooks
     event_poll_seconds: float = Field(

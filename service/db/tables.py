@@ -179,6 +179,7 @@ class ModelRecord(Base):
     test_accuracy: Mapped[float | None] = mapped_column(Float)
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    precision: Mapped[str | None] = mapped_column(String(8))  # fp32 | bf16 (issue 16)
 
 
 class AdapterRecord(Base):
@@ -202,6 +203,7 @@ class AdapterRecord(Base):
     test_accuracy: Mapped[float | None] = mapped_column(Float)
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    precision: Mapped[str | None] = mapped_column(String(8))  # fp32 | bf16; None if imported
 
 
 class SweepRecord(Base):

@@ -4,8 +4,8 @@ Issue 17 (limits per key): ``jobs.api_key_id``, the id of the API key that submi
 (``key_`` + 16 hex digits of the key's SHA-256, :func:`service.core.api_keys.key_id`; never
 the key), indexed for the per-key cap on queued + running jobs. Existing jobs have none.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-02 14:20:00.000000
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | None = "0004"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
