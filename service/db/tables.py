@@ -77,6 +77,8 @@ class JobRecord(Base):
     # idempotent submission
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    # issue 17: the id of the API key that submitted the job (a hash, never the key)
+    api_key_id: Mapped[str | None] = mapped_column(String(32), index=True)
     # the event log: the id of the job's latest event (service.jobs.events)
     event_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # where terminal statuses are POSTed (the request's, else the WEBHOOK_URL setting)
