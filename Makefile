@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 DATA_DIR ?= $(if $(wildcard ../shared/data/MNIST/raw),$(abspath ../shared/data),$(abspath var/data))
 export DATA_DIR
 
-.PHONY: install demo demo-full dev test test-fast lint bench
+.PHONY: install demo demo-full dev test test-fast lint bench screenshots
 
 $(BIN)/lora-service: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,9 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/bench_predict.py
+
+README_SHOTS := jobs job compare playground models
+screenshots: install  ## run the dashboard's browser tests, then copy their screenshots to docs/screenshots/
+	$(BIN)/python -m pytest -q tests/ui/test_dashboard.py
+	mkdir -p docs/screenshots
+	cp $(addprefix var/screenshots/,$(addsuffix .png,$(README_SHOTS))) docs/screenshots/

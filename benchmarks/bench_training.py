@@ -9,7 +9,16 @@ digits 0-4 training split (21,417 samples, batch 128, 168 steps) it times:
 (b) our loop: ``models.training.train_steps`` on preloaded tensors (what ``train`` runs
     per epoch, without the validation pass, which is reported separately);
 (c) the compute floor: the same number of steps, same model and optimizer as (b), on one
-    fixed batch (no data handling at all).
+    fixed batch (no data handling at all);
+(d) our loop in bf16 (``precision="bf16"``: autocast matmuls, fp32 master weights, Adam and
+    loss), only where the hardware has bf16 (``models.precision.bf16_fast``); elsewhere it
+    says so and checks fp32 only.
+
+Physical floor (issue 16): the epoch's matmul FLOPs (forward, weight gradients, input
+gradients where needed; :func:`epoch_matmul_flops`) divided by the peak matmul rate of this
+machine in that precision, measured in the same run (best of several 2048 x 2048 products).
+Targets on a machine with bf16 hardware: bf16 pre-training epoch (d) <= 0.5 x fp32 (b);
+fp32 pre-training epoch (b) <= 1.8 x its floor.
 
 (b) and (c) share our model (``models.classifier.Dropout``) and optimizer (fused Adam);
 the gap between (a) and (c) is the input pipeline plus those two changes.
@@ -50,6 +59,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from models.classifier import MLP, MLPConfig  # noqa: E402
 from models.data import MNIST_MEAN, MNIST_STD, load_digit_splits  # noqa: E402
 from models.lora import LoraConfig, inject_lora  # noqa: E402
+from models.precision import bf16_fast, bf16_support  # noqa: E402
 from models.training import (  # noqa: E402
     TrainConfig,
     evaluate,
@@ -201,6 +211,35 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     )
 
 
+def epoch_matmul_flops(kind: str, n: int, r: int = 8) -> float:
+    """Matmul FLOPs of one epoch of ``n`` samples for ``kind`` (2 per multiply-add).
+
+    Per sample and layer of ``m = in x out`` weights: forward ``2m``; the weight gradient
+    ``2m`` when the layer trains; the input gradient ``2m`` for every layer but the first
+    (pre-training, full fine-tuning). LoRA: the frozen base's forward and input gradients of
+    layers 2 and 3 (needed to reach the adapters below them), plus ``3 x 2 r (in + out)``
+    per adapted layer (forward, its two weight gradients; the input-gradient terms are
+    counted in the same order).
+    """
+    shapes = [(784, 1000), (1000, 2000), (2000, len(CLASSES))]
+    macs = [i * o for i, o in shapes]
+    if kind == "lora_r8":
+        per = macs[0] + 2 * (macs[1] + macs[2]) + 3 * sum(r * (i + o) for i, o in shapes)
+    else:
+        per = 2 * macs[0] + 3 * (macs[1] + macs[2])
+    return 2.0 * per * n
+
+
+def peak_matmul_rate(dtype: torch.dtype, device: torch.device, size: int = 2048) -> float:
+    """Best FLOP/s of ``size`` x ``size`` matmuls in ``dtype`` (of 10 after a warm-up)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    for _ in range(2):
+        a @ b
+    best = min(timed(device, torch.matmul, a, b) for _ in range(10))
+    return 2.0 * size**3 / best
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -237,37 +276,57 @@ def main() -> int:
     fixed_x, fixed_y = splits.train_x[:BATCH], splits.train_y[:BATCH]
     config = TrainConfig(batch_size=BATCH, lr_schedule="constant")
 
-    times: dict[str, dict[str, list[float]]] = {k: {"a": [], "b": [], "c": []} for k in KINDS}
-    cpu_times: dict[str, dict[str, list[float]]] = {k: {"a": [], "b": [], "c": []} for k in KINDS}
+    bf16 = bf16_fast(device)
+    print(f"bf16: {bf16_support(device)} -> {'timing bf16 rows (d)' if bf16 else 'fp32 only'}")
+    peak = {"fp32": peak_matmul_rate(torch.float32, device)}
+    if bf16:
+        peak["bf16"] = peak_matmul_rate(torch.bfloat16, device)
+    print(
+        "peak matmul rate (2048^2): "
+        + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in peak.items())
+    )
+    cols = "abcd" if bf16 else "abc"
+    times: dict[str, dict[str, list[float]]] = {k: {c: [] for c in cols} for k in KINDS}
+    cpu_times: dict[str, dict[str, list[float]]] = {k: {c: [] for c in cols} for k in KINDS}
     drop = args.finetune_dropout
     models_a = {k: make_model(k, pretrained, device, True, drop) for k in KINDS}
     models_b = {k: make_model(k, pretrained, device, False, drop) for k in KINDS}
     models_c = {k: copy.deepcopy(m) for k, m in models_b.items()}
     opts_b = {k: make_optimizer(m, config) for k, m in models_b.items()}
     opts_c = {k: make_optimizer(m, config) for k, m in models_c.items()}
+    models_d = {k: copy.deepcopy(m) for k, m in models_b.items()}
+    opts_d = {k: make_optimizer(m, config) for k, m in models_d.items()}
     gens = {k: torch.Generator().manual_seed(0) for k in KINDS}
+    gens_d = {k: torch.Generator().manual_seed(0) for k in KINDS}
     for k in KINDS:  # warm-up: allocator, kernels
         for _ in floor_steps(models_c[k], opts_c[k], fixed_x, fixed_y, 3):
             pass
 
     def loops_for(kind: str) -> dict[tuple[str, str], Callable[[], Iterator[object]]]:
         b_args = (models_b[kind], opts_b[kind], splits.train_x, splits.train_y, BATCH, gens[kind])
-        return {
+        d_args = (models_d[kind], opts_d[kind], splits.train_x, splits.train_y, BATCH, gens_d[kind])
+        loops = {
             (kind, "a"): lambda: seed_steps(models_a[kind], loader, device),
             (kind, "b"): lambda: train_steps(*b_args),
             (kind, "c"): lambda: floor_steps(models_c[kind], opts_c[kind], fixed_x, fixed_y, steps),
         }
+        if bf16:
+            loops[(kind, "d")] = lambda: train_steps(*d_args, precision="bf16")
+        return loops
 
     print("seconds per epoch, wall (process CPU):")
-    print(f"{'kind':<9} {'epoch':>5} {'(a) seed':>16} {'(b) ours':>16} {'(c) floor':>16}")
+    head = " ".join(
+        f"{h:>16}" for h in ("(a) seed", "(b) ours", "(c) floor", "(d) bf16")[: len(cols)]
+    )
+    print(f"{'kind':<9} {'epoch':>5} {head}")
     for epoch in range(1, args.epochs + 1):
         loops = {key: make for k in KINDS for key, make in loops_for(k).items()}
         wall, cpu = run_interleaved(loops, device)
         for kind in KINDS:
-            for key in "abc":
+            for key in cols:
                 times[kind][key].append(wall[(kind, key)])
                 cpu_times[kind][key].append(cpu[(kind, key)])
-            cells = " ".join(f"{wall[(kind, k)]:>7.2f} ({cpu[(kind, k)]:>6.2f})" for k in "abc")
+            cells = " ".join(f"{wall[(kind, k)]:>7.2f} ({cpu[(kind, k)]:>6.2f})" for k in cols)
             print(f"{kind:<9} {epoch:>5} {cells}")
     state_bytes = {k: optimizer_state_bytes(opt) for k, opt in opts_b.items()}
     tv = timed(device, evaluate, models_b["pretrain"], splits.val_x, splits.val_y)
@@ -281,6 +340,7 @@ def main() -> int:
         f"{state_bytes['full_ft']:,} = {bytes_ratio:.2%} [{verdict(ok_bytes)} <= 5%]"
     )
     ok_wall = report("wall seconds (the targets)", times)
+    ok_wall &= report_precision(times, peak, n)
     report(
         "process CPU seconds (less sensitive to other processes; inflated by spinning"
         " OpenMP threads when threads > 1)",
@@ -312,6 +372,38 @@ def report(label: str, times: dict[str, dict[str, list[float]]]) -> bool:
         f"[{verdict(ok_lora)} <= 0.75]"
     )
     return ok_all and ok_lora
+
+
+def report_precision(
+    times: dict[str, dict[str, list[float]]], peak: dict[str, float], n: int
+) -> bool:
+    """Print each loop's epoch next to its physical floor and the issue 16 targets (wall
+    seconds); True when they pass (only the fp32 one where there is no bf16 hardware)."""
+    print("\nphysical floor = epoch matmul FLOPs / peak matmul rate (this run):")
+    ok = True
+    for kind in KINDS:
+        flops = epoch_matmul_flops(kind, n)
+        cells = []
+        for col, precision in (("b", "fp32"), ("d", "bf16")):
+            if col in times[kind]:
+                epoch, floor = statistics.fmean(times[kind][col]), flops / peak[precision]
+                cells.append(
+                    f"{precision} {epoch:5.2f} s / floor {floor:5.2f} s = {epoch / floor:5.2f}x"
+                )
+        print(f"  {kind:<9} {flops / 1e9:6.1f} GFLOP  " + "  ".join(cells))
+    pre = {c: statistics.fmean(v) for c, v in times["pretrain"].items()}
+    fp32_ratio = pre["b"] / (epoch_matmul_flops("pretrain", n) / peak["fp32"])
+    ok_floor = fp32_ratio <= 1.8
+    ok &= ok_floor
+    print(f"  fp32 pre-training epoch / its floor = {fp32_ratio:.2f} [{verdict(ok_floor)} <= 1.8]")
+    if "d" in pre:
+        ratio = pre["d"] / pre["b"]
+        ok_bf16 = ratio <= 0.5
+        ok &= ok_bf16
+        print(f"  bf16 / fp32 pre-training epoch = {ratio:.2f} [{verdict(ok_bf16)} <= 0.5]")
+    else:
+        print("  bf16 rows: no bf16 hardware here, fp32 checked only")
+    return ok
 
 
 if __name__ == "__main__":

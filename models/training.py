@@ -25,6 +25,7 @@ from torch import nn
 
 from models.checkpoint import load_training_state, read_training_meta, save_training_state
 from models.data import DigitSplits
+from models.precision import PRECISIONS, resolve_precision, torch_dtype
 
 EVAL_BATCH_SIZE = 8192
 LR_SCHEDULES = ("constant", "cosine")
@@ -113,6 +114,10 @@ class TrainConfig:
             per-epoch form of SGDR's cosine annealing (Loshchilov & Hutter 2017, eq. 5,
             one cycle, eta_min = 0). Derived from the epoch number alone, so a resumed run
             follows the same schedule.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (:mod:`models.precision`, resolved
+            by :func:`train` for its device): in bf16 the forward (and so the backward)
+            matmuls run under ``torch.autocast`` in bfloat16, while master weights, Adam's
+            state, the loss and evaluation stay float32.
     """
 
     epochs: int = 30
@@ -121,6 +126,7 @@ class TrainConfig:
     batch_size: int = 128
     seed: int = 0
     lr_schedule: str
+    precision: str = "fp32"
 
     def epoch_lr(self, epoch: int) -> float:
         """Learning rate of 1-based ``epoch`` under ``lr_schedule``."""
@@ -135,6 +141,8 @@ class TrainConfig:
             raise ValueError("lr must be > 0 and weight_decay >= 0")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}")
 
 
 @dataclass
@@ -175,6 +183,8 @@ class TrainResult:
     train_seconds: float = 0.0
     stopped_early: str | None = None
     """Why training ended before ``config.epochs`` (early stopping), if it did."""
+    precision: str = "fp32"
+    """The precision the matmuls ran in (``config.precision`` resolved: fp32 or bf16)."""
 
 
 def pick_device() -> torch.device:
@@ -206,8 +216,13 @@ def train_steps(
     y: torch.Tensor,
     batch_size: int,
     generator: torch.Generator,
+    precision: str = "fp32",
 ) -> Iterator[tuple[torch.Tensor, int]]:
     """One shuffled pass over ``x`` (N, 784) / ``y`` (N,), one optimizer step per item.
+
+    ``precision`` (resolved: fp32 or bf16): in bf16 the forward runs under
+    ``torch.autocast`` (matmuls in bfloat16, their backward too); the logits are cast back
+    so the loss, the gradients reaching the fp32 master weights and Adam stay float32.
 
     The order is ``torch.randperm(N, generator=generator)`` (drawn on CPU, then moved to
     the data's device); batches are index gathers from the preloaded tensors. After each
@@ -220,9 +235,15 @@ def train_steps(
     perm = torch.randperm(n, generator=generator).to(x.device, non_blocking=True)
     total = torch.zeros((), device=x.device)
     seen = 0
+    bf16 = precision == "bf16"
     for start in range(0, n, batch_size):
         idx = perm[start : start + batch_size]
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+        if bf16:
+            with torch.autocast(x.device.type, dtype=torch_dtype(precision)):
+                logits = model(x[idx])
+            loss = F.cross_entropy(logits.float(), y[idx])
+        else:
+            loss = F.cross_entropy(model(x[idx]), y[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -239,14 +260,16 @@ def train_one_epoch(
     batch_size: int,
     generator: torch.Generator,
     should_stop: Callable[[], bool] | None = None,
+    precision: str = "fp32",
 ) -> tuple[float, bool]:
-    """Run :func:`train_steps` to the end of the epoch, polling ``should_stop`` before each step.
+    """Run :func:`train_steps` (in ``precision``, resolved) to the end of the epoch,
+    polling ``should_stop`` before each step.
 
     Returns:
         (mean train loss over the samples seen, stopped early). NaN if no step ran.
     """
     total, seen = torch.zeros(()), 0
-    steps = train_steps(model, optimizer, x, y, batch_size, generator)
+    steps = train_steps(model, optimizer, x, y, batch_size, generator, precision)
     for _ in range(math.ceil(x.shape[0] / batch_size)):
         if should_stop is not None and should_stop():
             return (total.item() / seen if seen else float("nan")), True
@@ -361,6 +384,7 @@ def train(
         raise ValueError("empty train split")
     model.to(device)
     data = splits.to(device)
+    precision = resolve_precision(config.precision, device)
     optimizer = make_optimizer(model, config)
     shuffle = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
@@ -388,7 +412,14 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = config.epoch_lr(epoch)
         train_loss, stopped = train_one_epoch(
-            model, optimizer, data.train_x, data.train_y, config.batch_size, shuffle, should_stop
+            model,
+            optimizer,
+            data.train_x,
+            data.train_y,
+            config.batch_size,
+            shuffle,
+            should_stop,
+            precision,
         )
         if stopped:
             cancelled = True
@@ -417,7 +448,14 @@ def train(
     epochs_completed = history[-1].epoch if history else start_epoch
     if cancelled:
         return TrainResult(
-            epochs_completed, True, None, None, None, history, time.perf_counter() - started
+            epochs_completed,
+            True,
+            None,
+            None,
+            None,
+            history,
+            time.perf_counter() - started,
+            precision=precision,
         )
     test_loss, test_accuracy, errors = test_figures(model, data)
     return TrainResult(
@@ -429,4 +467,5 @@ def train(
         history=history,
         train_seconds=time.perf_counter() - started,
         stopped_early=stopped_early,
+        precision=precision,
     )

@@ -7,8 +7,8 @@
   ``LEASE_SECONDS``). A worker cut off from the database, or frozen, thus stops training
   before another attempt can start, and two runs of one job never overlap.
 * :class:`StopCheck`: the ``should_stop`` callable of the training loop. True once the job
-  is cancelled or the lease is lost; asks the database at most every ``interval`` seconds
-  (a clock read otherwise), checks the fence on every call.
+  is cancelled, the lease is lost or the worker shuts down; asks the database at most
+  every ``interval`` seconds (a clock read otherwise), checks the fence on every call.
 """
 
 from __future__ import annotations
@@ -99,8 +99,14 @@ class StopCheck:
     gone. Asks the database at most every ``interval`` seconds, so polling it before every
     step costs a clock read; the local fence of ``lease`` is checked on every call.
 
+    Args:
+        shutdown: set when the worker process stops (:data:`worker.shutdown.SHUTTING_DOWN`):
+            the next call is True with reason ``"shutdown"``.
+        deadline: ``time.monotonic()`` value after which the job has run too long
+            (``JOB_MAX_RUNTIME_SECONDS``): reason ``"timeout"``.
     Attributes:
-        reason: ``"cancel_requested"``, ``"lease_lost"`` or None (carry on).
+        reason: ``"cancel_requested"``, ``"lease_lost"``, ``"shutdown"``, ``"timeout"`` or
+            None (carry on).
     """
 
     def __init__(
@@ -110,9 +116,12 @@ class StopCheck:
         worker_id: str,
         interval: float,
         lease: LeaseKeeper | None = None,
+        shutdown: threading.Event | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.factory, self.job_id, self.worker_id = factory, job_id, worker_id
-        self.interval, self.lease = interval, lease
+        self.interval, self.lease, self.shutdown = interval, lease, shutdown
+        self.deadline = deadline
         self.reason: str | None = None
         self._next_poll = 0.0
 
@@ -121,6 +130,10 @@ class StopCheck:
             log.warning("job %s: lease expired locally; stopping", self.job_id)
             self.reason = "lease_lost"
         return self.reason is not None
+
+    def lease_expired(self) -> bool:
+        """True once the lease is gone locally (fenced or taken away): write nothing more."""
+        return self.lease is not None and self.lease.expired
 
     def poll(self) -> str | None:
         """Ask the database now; returns and remembers the reason to stop, if any.
@@ -137,6 +150,14 @@ class StopCheck:
 
     def __call__(self) -> bool:
         if self._fenced():
+            return True
+        if self.shutdown is not None and self.shutdown.is_set():
+            log.warning("job %s: worker shutting down; stopping at this step", self.job_id)
+            self.reason = "shutdown"
+            return True
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            log.warning("job %s: ran past its maximum runtime; stopping", self.job_id)
+            self.reason = "timeout"
             return True
         if time.monotonic() >= self._next_poll:
             try:

@@ -7,7 +7,7 @@ than ``LEASE_SECONDS`` and sends it a new message (the embedded SQLite broker ne
 redelivers a message taken by a killed worker; Redis would only after
 ``VISIBILITY_TIMEOUT``), ends it ``failed`` (``worker_lost``) once it has started
 ``MAX_ATTEMPTS`` times, or ``cancelled`` if a cancel was requested; and it re-sends the
-message of a ``queued`` job whose last message is older than ``VISIBILITY_TIMEOUT``.
+message of a ``queued`` job whose last message is older than ``QUEUED_RESEND_SECONDS``.
 Several workers reaping at once is safe: every transition is a conditional ``UPDATE``.
 """
 
@@ -51,7 +51,7 @@ def reap_once(settings: Settings, send: Callable[[str], None] | None = None) -> 
             session,
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_attempts,
-            resend_after=float(settings.visibility_timeout),
+            resend_after=settings.queued_resend_seconds,
             send=send,
         )
         result.failed.extend(fail_unclaimed_cuda_jobs(session, settings.gpu_wait_seconds))

@@ -33,7 +33,13 @@ run a job in-process. The steps:
    stay (they can be published later); the resumable state is removed.
 5. Cancelled (at a step boundary or just before registration): nothing is registered, the
    written files, checkpoints and their records are removed, the job ends ``cancelled``.
-6. Any exception: ``failed`` with ``{code, message}`` (see :func:`describe_failure`).
+6. Past ``JOB_MAX_RUNTIME_SECONDS`` since its first start: ``failed`` with ``timeout``.
+   Worker shutting down (SIGTERM, :mod:`worker.shutdown`): training stops at the next
+   step and the job is handed back (``queued``, new message) to resume from its checkpoint.
+7. Any exception: ``failed`` with ``{code, message}`` (see :func:`describe_failure`); a full
+   disk is ``storage_full`` and frees the job's checkpoints (nothing half-written stays:
+   every file is written to a temporary name and renamed). The epoch's record and the
+   success transaction retry while the database is unreachable, until the lease fence.
 """
 
 from __future__ import annotations
@@ -43,8 +49,10 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.core import store
@@ -54,6 +62,7 @@ from service.core.artifacts import (
     checkpoint_file,
     model_dir,
 )
+from service.core.errors import is_disk_full
 from service.core.job_spec import (
     FinetuneLoraSpec,
     JobSpec,
@@ -64,7 +73,7 @@ from service.core.settings import Settings, get_settings
 from service.core.vocab import ADAPTER_PREFIX, MODEL_PREFIX, derived_id, model_kind_of
 from service.db import adapter_records, checkpoint_records, job_records, model_records
 from service.db.engine import session_factory
-from service.db.retry import retry_locked
+from service.db.retry import retry_locked, retry_unreachable
 from service.db.tables import JobRecord
 from service.jobs import events, leases
 from service.jobs import state as job_state
@@ -77,6 +86,7 @@ from worker.device import resolve_device
 from worker.lease import LeaseKeeper, StopCheck, fence_after
 from worker.remote_state import drop_state, restore_state, save_state
 from worker.resume import prepare_resume
+from worker.shutdown import SHUTTING_DOWN, hand_back
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +102,29 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
     """The ``(code, message)`` a failed job shows for ``exc``.
 
     Codes: the :class:`JobFailure`'s own (e.g. ``data_unavailable`` when MNIST is missing);
-    ``out_of_memory``; an ``AdapterError``'s code; otherwise ``training_error``.
+    ``storage_full`` (ENOSPC/EDQUOT); ``out_of_memory``; an ``AdapterError``'s code;
+    otherwise ``training_error``.
     """
     if isinstance(exc, JobFailure):
         return exc.code, exc.message
+    if is_disk_full(exc):
+        return "storage_full", f"No space left in the artifact directory: {exc}"
     if type(exc).__name__ == "OutOfMemoryError":
         return "out_of_memory", f"Out of memory while training: {exc}"
     code = getattr(exc, "code", None)
     if isinstance(code, str) and code.startswith("adapter_"):
         return code, str(exc)
     return "training_error", f"{type(exc).__name__}: {exc}"
+
+
+def runtime_deadline(job: JobRecord, max_seconds: float | None) -> float | None:
+    """The ``time.monotonic()`` value at which ``job`` has run ``max_seconds`` since its
+    first start (``started_at``, kept across resumes); None without a limit."""
+    if max_seconds is None or job.started_at is None:
+        return None
+    started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=UTC)
+    elapsed = (datetime.now(UTC) - started).total_seconds()
+    return time.monotonic() + max_seconds - elapsed
 
 
 def _claim(
@@ -157,7 +180,10 @@ def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None
         fence_seconds=fence_after(settings.lease_seconds, settings.heartbeat_seconds),
         started=before_claim,
     )
-    stop = StopCheck(factory, job_id, worker_id, CANCEL_POLL_SECONDS, lease=keeper)
+    stop = StopCheck(
+        factory, job_id, worker_id, CANCEL_POLL_SECONDS, lease=keeper, shutdown=SHUTTING_DOWN,
+        deadline=runtime_deadline(job, settings.job_max_runtime_seconds),
+    )  # fmt: skip
     code = None
     with keeper:
         try:
@@ -166,10 +192,14 @@ def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None
             code, message = describe_failure(exc)
             log.exception("job %s failed: %s", job_id, code)
             with factory() as session:
-                job_state.mark_failed(
+                failed = job_state.mark_failed(
                     session, job_id, code=code, message=message, worker_id=worker_id
                 )
+            if failed and code == "storage_full":  # it never resumes: free what it took
+                _drop_checkpoints(factory, settings, job_id)
             status = "failed"
+    if status == "failed" and code is None:
+        code = stop.reason  # ended by the stop check: "timeout"
     observe.job_ended(job_id, job.kind, status, code)
     log.info("job %s ended %s (attempt %d)", job_id, status, job.attempt)
     return status
@@ -201,18 +231,37 @@ def job_spec_of(job: JobRecord) -> JobSpec:
         ) from exc
 
 
+def _drop_checkpoints(factory: sessionmaker[Session], settings: Settings, job_id: str) -> None:
+    """Remove a job's checkpoint records and files (a job that never resumes)."""
+    with factory() as session:
+        checkpoint_records.delete_checkpoints(session, job_id)
+        session.commit()
+    store.delete(settings, checkpoint_dir(settings, job_id))
+
+
 def _finish_stopped(run: _Run, reason: str | None) -> str:
     """End a job that stopped before registering: ``cancelled`` if asked (its checkpoint
-    removed: a cancelled job never resumes), else ``lease_lost`` (nothing written)."""
+    removed: a cancelled job never resumes); ``requeued`` when the worker shuts down (the
+    job handed back, see :mod:`worker.shutdown`); else ``lease_lost`` (nothing written)."""
     if reason == "cancel_requested":
         with run.factory() as session:
             done = job_state.finish_cancelled(session, run.job.id, run.worker_id)
         if done:
-            with run.factory() as session:
-                checkpoint_records.delete_checkpoints(session, run.job.id)
-                session.commit()
-            store.delete(run.settings, checkpoint_dir(run.settings, run.job.id))
+            _drop_checkpoints(run.factory, run.settings, run.job.id)
         return "cancelled"
+    if reason == "timeout":
+        limit = run.settings.job_max_runtime_seconds
+        message = f"The job ran longer than its maximum runtime of {limit:g} s."
+        with run.factory() as session:
+            failed = job_state.mark_failed(
+                session, run.job.id, code="timeout", message=message, worker_id=run.worker_id
+            )
+        if failed:
+            _drop_checkpoints(run.factory, run.settings, run.job.id)
+        return "failed"
+    if reason == "shutdown" and not run.stop.lease_expired():
+        handed = hand_back(run.factory, run.job.id, run.worker_id, run.job.attempt, run.settings)
+        return "requeued" if handed else "lease_lost"
     return "lease_lost"
 
 
@@ -246,21 +295,35 @@ def _train_and_publish(run: _Run) -> str:
                 model, base_digits.val_x, base_digits.val_y
             )
         kept.write(epoch, model)
-        with run.factory() as session:
-            if not retry_locked(
-                session,
-                lambda: job_state.record_epoch(
+
+        def record() -> bool:
+            with run.factory() as session:
+                return retry_locked(
                     session,
-                    job.id,
-                    run.worker_id,
-                    epoch,
-                    values,
-                    also=lambda: kept.record(session, epoch, values),
-                ),
-            ):
-                stop.reason = stop.reason or "lease_lost"
+                    lambda: job_state.record_epoch(
+                        session,
+                        job.id,
+                        run.worker_id,
+                        epoch,
+                        values,
+                        also=lambda: kept.record(session, epoch, values),
+                    ),
+                )
+
+        try:
+            recorded = retry_unreachable(record, give_up=stop.lease_expired)
+        except Exception:
+            if not stop.lease_expired():
+                raise
+            log.warning("job %s: database unreachable past the lease fence; stopping", job.id)
+            recorded = False  # another run may resume this job: write nothing more
+        if not recorded:
+            stop.reason = stop.reason or "lease_lost"
         log.info("job %s epoch %d/%d done (attempt %d)", job.id, epoch, job.epochs, job.attempt)
-        kept.prune(run.factory)  # after the log line: the epoch is recorded, pruning is tidying
+        try:  # after the log line: the epoch is recorded, pruning is tidying
+            kept.prune(run.factory)
+        except DBAPIError:  # the database went away meanwhile: the next epoch prunes
+            log.warning("job %s: could not prune checkpoints", job.id, exc_info=True)
         return stop()
 
     result = train(
@@ -349,6 +412,7 @@ def _register(
             classes=spec.classes,
             test_accuracy=result.test_accuracy,
             path=str(directory),
+            precision=result.precision,
         )
     else:
         model_records.register_model(
@@ -362,6 +426,7 @@ def _register(
             n_parameters=count_parameters(model),
             test_accuracy=result.test_accuracy,
             path=str(directory),
+            precision=result.precision,
         )
 
 
@@ -385,38 +450,44 @@ def _publish(
         "stopped_early": result.stopped_early,
         "base_test_accuracy": base_test,
         **run.device,
+        "precision": result.precision,
     }
     if stop.poll():
         return _finish_stopped(run, stop.reason)
     artifact_id, directory = artifact = _write_artifact(run, spec, model)
     is_adapter = isinstance(spec, FinetuneLoraSpec)
-    follow_ups: list[str] = []  # a sweep's jobs that this one's success creates
-    with run.factory() as session:
-        if result.stopped_early:
-            events.record_message(
+
+    def commit_success() -> tuple[bool, list[str]]:
+        follow_ups: list[str] = []  # a sweep's jobs that this one's success creates
+        with run.factory() as session:
+            if result.stopped_early:
+                events.record_message(
+                    session,
+                    job.id,
+                    "early_stop",
+                    result.stopped_early,
+                    {"epoch": result.epochs_completed, "selected_epoch": selected},
+                )
+            done = job_state.mark_succeeded(
                 session,
                 job.id,
-                "early_stop",
-                result.stopped_early,
-                {"epoch": result.epochs_completed, "selected_epoch": selected},
+                run.worker_id,
+                test_accuracy=result.test_accuracy,
+                test_metrics=test_metrics,
+                result_model_id=None if is_adapter else artifact_id,
+                result_adapter_id=artifact_id if is_adapter else None,
+                epochs_completed=result.epochs_completed,
             )
-        done = job_state.mark_succeeded(
-            session,
-            job.id,
-            run.worker_id,
-            test_accuracy=result.test_accuracy,
-            test_metrics=test_metrics,
-            result_model_id=None if is_adapter else artifact_id,
-            result_adapter_id=artifact_id if is_adapter else None,
-            epochs_completed=result.epochs_completed,
-        )
-        if done:
-            _register(session, run, spec, model, result, artifact)
-            model_id = None if is_adapter else artifact_id
-            follow_ups = sweep_plan.on_job_succeeded(session, job.id, model_id)
-        else:
-            session.rollback()
-        session.commit()
+            if done:
+                _register(session, run, spec, model, result, artifact)
+                model_id = None if is_adapter else artifact_id
+                follow_ups = sweep_plan.on_job_succeeded(session, job.id, model_id)
+            else:
+                session.rollback()
+            session.commit()
+        return done, follow_ups
+
+    done, follow_ups = retry_unreachable(commit_success, give_up=stop.lease_expired)
     if not done:
         with run.factory() as session:
             now = job_records.get_job(session, job.id)

@@ -39,7 +39,7 @@ from models.classifier import MLPConfig
 from models.lora import AdapterWeights
 from service.core import store
 from service.core.artifacts import adapter_dir
-from service.core.errors import ApiError
+from service.core.errors import ApiError, is_disk_full, storage_full
 from service.core.settings import Settings
 from service.core.vocab import ADAPTER_PREFIX, new_id
 from service.db.adapter_records import register_adapter
@@ -270,7 +270,8 @@ def import_adapter(
     Raises:
         ApiError: 404 ``model_not_found``; 413/415/422 for bad uploads (see the helpers);
             422 with the :class:`~models.adapter_io.AdapterError` code when the files do
-            not fit the base model.
+            not fit the base model; 507 ``storage_full`` when the disk is full (nothing
+            is left of the upload).
     """
     loose, archive = classify_uploads(uploads)
     base = require_model(session, base_model_id, "base_model_id")
@@ -290,6 +291,10 @@ def import_adapter(
     except AdapterError as exc:
         message = f"The adapter does not fit model {base_model_id!r}: {exc}"
         raise ApiError(422, exc.code, message, "files") from exc
+    except OSError as exc:  # the temporary directory is already removed
+        if is_disk_full(exc):
+            raise storage_full("adapter") from exc
+        raise
     weights = holder["weights"]
     try:
         ref = store.publish(settings, target)  # into the artifact store (s3:// or local)

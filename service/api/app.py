@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.adapters.orphans import sweep_orphans
 from service.api import (
     adapters,
     evaluate,
@@ -28,11 +29,13 @@ from service.api import (
     webhooks,
 )
 from service.api import models as models_api
+from service.api.dashboard import PUBLIC_PATHS, PUBLIC_PREFIXES, install_dashboard
 from service.api.errors import ErrorResponse, install_error_handlers
+from service.api.limits import RateLimitMiddleware
 from service.api.observe import ObserveMiddleware
 from service.api.security import install_security
 from service.core.settings import Settings, get_settings
-from service.db.engine import get_engine
+from service.db.engine import get_engine, session_factory
 from service.db.migrations import require_migrated, upgrade
 from service.jobs.metrics_scrape import check_multiprocess, mark_process_dead
 from service.jobs.webhook_dispatcher import WebhookDispatcher
@@ -53,6 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.auto_migrate:
             upgrade(settings.database_url)
         require_migrated(get_engine(settings.database_url))
+        with session_factory(settings.database_url)() as session:
+            sweep_orphans(settings, session)  # what a killed import left behind
         check_multiprocess(settings)
         dispatcher = WebhookDispatcher(settings)  # sends job webhooks (never the workers)
         dispatcher.start()
@@ -69,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Pre-train an MNIST MLP, fine-tune it fully or with LoRA adapters, and "
         "serve the base model with any adapter hot-swapped per request.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc are served offline by service.api.dashboard
+        redoc_url=None,
         responses={
             400: {"model": ErrorResponse},
             401: {"model": ErrorResponse},
@@ -83,11 +90,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    install_security(app, settings)
+    if settings.rate_limit_per_second:  # inside the key check: it sees the key's id
+        app.add_middleware(
+            RateLimitMiddleware,
+            rate=settings.rate_limit_per_second,
+            burst=settings.rate_limit_burst,
+        )
+    install_security(app, settings, PUBLIC_PATHS, PUBLIC_PREFIXES)
     # outermost: the request id is set before any other middleware answers
     app.add_middleware(ObserveMiddleware, router_app=app, metrics=settings.metrics_enabled)
     routers = (health, jobs, job_events, webhooks, sweeps, models_api, adapters, predict, evaluate)
     routers += (prometheus,)
     for module in routers:
         app.include_router(module.router)
+    install_dashboard(app)
     return app

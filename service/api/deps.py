@@ -3,15 +3,19 @@ app's predictor."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from service.core.settings import Settings
 from service.db.engine import session_factory
 from service.serving.predictor import Predictor
+
+log = logging.getLogger(__name__)
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -20,12 +24,22 @@ def get_settings_dep(request: Request) -> Settings:
 
 
 def get_db(request: Request) -> Iterator[Session]:
-    """A session on the app's database for one request, closed afterwards."""
+    """A session on the app's database for one request, closed afterwards.
+
+    Closing rolls back on the connection; when the database cut that connection meanwhile
+    (restart, ``pg_terminate_backend``) the rollback fails after the answer may already be
+    on its way, and an exception there made the server reset the client's connection: the
+    connection is dropped from the pool instead (soak, issue 17).
+    """
     session = session_factory(request.app.state.settings.database_url)()
     try:
         yield session
     finally:
-        session.close()
+        try:
+            session.close()
+        except DBAPIError as exc:
+            log.warning("database connection lost while closing a session: %s", exc.orig)
+            session.invalidate()
 
 
 SessionDep = Annotated[Session, Depends(get_db)]

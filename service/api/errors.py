@@ -13,10 +13,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.core.errors import ApiError
+from service.core.errors import RETRY_AFTER_SECONDS, ApiError, database_busy, database_unavailable
 from service.core.logs import request_id_var
+from service.db.retry import is_locked, is_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +44,14 @@ def error_response(
     status: int, code: str, message: str, param: str | None = None, headers: Any = None
 ) -> JSONResponse:
     """Build the envelope response directly (for middleware that cannot raise); it carries
-    the current request's id (body and ``X-Request-ID`` header) when one is set."""
+    the current request's id (body and ``X-Request-ID`` header) when one is set, and a 503
+    gets ``Retry-After`` (:data:`~service.core.errors.RETRY_AFTER_SECONDS`) unless given one."""
     request_id = request_id_var.get()
     body = {"error": {"code": code, "message": message, "param": param, "request_id": request_id}}
     if request_id is not None:
         headers = {**(headers or {}), "X-Request-ID": request_id}
+    if status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **dict(headers or {})}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -69,11 +75,31 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Route FastAPI's validation errors, HTTP errors and ``ApiError`` through the envelope."""
+    """Route FastAPI's validation errors, HTTP errors and ``ApiError`` through the envelope.
+
+    Every 503 carries ``Retry-After`` (:data:`~service.core.errors.RETRY_AFTER_SECONDS`). A
+    database error that means the database cannot be reached (:func:`is_unreachable`: down,
+    restarting, connections terminated) answers 503 ``database_unavailable``; the pool's
+    pre-ping reconnects on the next request once it is back.
+    """
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.param)
+        return error_response(exc.status, exc.code, exc.message, exc.param, exc.headers)
+
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        if is_locked(exc):
+            return await _api_error(request, database_busy())
+        if is_unreachable(exc):  # down, restarting or connections cut: a 503, never a 500
+            log.warning("database unreachable: %s", exc.orig)
+            return await _api_error(request, database_unavailable())
+        return await _unhandled(request, exc)
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_timeout(request: Request, exc: PoolTimeout) -> JSONResponse:
+        log.warning("no database connection free: %s", exc)
+        return await _api_error(request, database_unavailable())
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from service.api.deps import SessionDep, SettingsDep
 from service.api.errors import ErrorResponse
 from service.api.pagination import PageDep
 from service.api.schemas import JobOut, MetricsOut, Page, job_out, metrics_csv, metrics_out
+from service.api.security import API_KEY_ID
 from service.api.strict import StrictRoute
 from service.core.job_spec import JobCreate
 from service.core.vocab import JobKind, JobStatus
@@ -54,6 +55,7 @@ IdempotencyKey = Annotated[
 )
 def create_job(
     body: Annotated[JobCreate, Body()],
+    http_request: Request,
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
@@ -69,6 +71,7 @@ def create_job(
         enqueue=enqueue_job,
         idempotency_key=idempotency_key,
         webhook_url=request.webhook_url,
+        api_key_id=getattr(http_request.state, API_KEY_ID, None),
     )
     response.headers["Location"] = f"/jobs/{job.id}"
     if replayed:

@@ -76,6 +76,9 @@ class JobResult(BaseModel):
     )
     device: str | None = Field(None, description="What it trained on: `cpu` or `cuda`.")
     device_name: str | None = Field(None, description="The GPU model (`cpu` on a CPU).")
+    precision: str | None = Field(
+        None, description="Matmul precision config.precision resolved to (fp32 or bf16)."
+    )
 
 
 class JobErrorOut(BaseModel):
@@ -195,6 +198,9 @@ class ModelOut(BaseModel):
     job_id: str | None
     parent_id: str | None = Field(description="Model this one was fine-tuned from.")
     created_at: datetime
+    precision: str | None = Field(
+        None, description="Matmul precision it was trained in (fp32, bf16); null: not recorded."
+    )
 
 
 class AdapterOut(BaseModel):
@@ -213,6 +219,11 @@ class AdapterOut(BaseModel):
     test_accuracy: float | None
     job_id: str | None
     created_at: datetime
+    precision: str | None = Field(
+        None,
+        description="Matmul precision it was trained in (fp32, bf16); null: imported or "
+        "not recorded.",
+    )
 
 
 def _config_out(job: JobRecord) -> dict[str, Any]:
@@ -243,6 +254,7 @@ def job_out(job: JobRecord, now: datetime | None = None) -> JobOut:
             stopped_early=(job.test_metrics or {}).get("stopped_early"),
             device=(job.test_metrics or {}).get("device"),
             device_name=(job.test_metrics or {}).get("device_name"),
+            precision=(job.test_metrics or {}).get("precision"),
         )
     error = None
     if job.error_code is not None:
@@ -336,6 +348,7 @@ def model_out(record: ModelRecord) -> ModelOut:
         job_id=record.job_id,
         parent_id=record.parent_id,
         created_at=as_utc(record.created_at),  # type: ignore[arg-type]
+        precision=record.precision,
     )
 
 
@@ -355,4 +368,5 @@ def adapter_out(record: AdapterRecord) -> AdapterOut:
         test_accuracy=finite(record.test_accuracy),
         job_id=record.job_id,
         created_at=as_utc(record.created_at),  # type: ignore[arg-type]
+        precision=record.precision,
     )

@@ -10,7 +10,8 @@ streams in and can answer before the route, its multipart parser or its temp fil
   closes its spooled temp files when ``receive`` raises, so nothing is left on disk.
 * :class:`ApiKeyMiddleware` requires ``Authorization: Bearer <key>`` on every path but
   ``/health`` and the docs when keys are configured; keys are compared with
-  :func:`hmac.compare_digest` against every configured key and never logged.
+  :func:`hmac.compare_digest` against every configured key and never logged; the
+  request's ``state.api_key_id`` is the matching key's id (a hash, never the key).
 
 :func:`install_security` wires both into the app and declares the bearer scheme in OpenAPI.
 """
@@ -28,12 +29,16 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import error_response
+from service.core.api_keys import key_id
 from service.core.settings import Settings
 
 log = logging.getLogger("service.api.security")
 
 BEARER_SCHEME_NAME = "bearerAuth"
 HEALTH_PATH = "/health"
+API_KEY_ID = "api_key_id"
+"""``request.state.api_key_id``: the id (:func:`service.core.api_keys.key_id`) of the key
+that authenticated the request; absent on an open API."""
 _HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 
 
@@ -180,6 +185,7 @@ class ApiKeyMiddleware:
             return
         token = _bearer_token(scope)
         if token is not None and key_matches(token, self._keys):
+            scope.setdefault("state", {})[API_KEY_ID] = key_id(token)  # Request.state
             await self.app(scope, receive, send)
             return
         if token is None:
@@ -226,21 +232,28 @@ def _declare_bearer_scheme(app: FastAPI, keyed: bool, is_public: Callable[[str],
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def install_security(app: FastAPI, settings: Settings) -> None:
+def install_security(
+    app: FastAPI,
+    settings: Settings,
+    extra_public_paths: Iterable[str] = (),
+    extra_public_prefixes: Iterable[str] = (),
+) -> None:
     """Add the body-size limit and (when keys are configured) API-key checks to ``app``.
 
     Args:
         app: the FastAPI app (routers may be included afterwards).
         settings: ``max_request_bytes`` (bytes) and ``api_keys`` are used.
+        extra_public_paths: more exact paths served without a key (the dashboard, docs).
+        extra_public_prefixes: more path prefixes served without a key (static files).
 
     With no keys configured the API is open, which is logged as a WARNING.
     """
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     keys = [v for k in settings.api_keys if (v := k.get_secret_value())]
-    public_paths = _public_paths(app)
+    public_paths = [*_public_paths(app), *extra_public_paths]
     if settings.metrics_token is not None:  # /metrics checks METRICS_TOKEN itself
         public_paths.append("/metrics")
-    public_prefixes = (HEALTH_PATH + "/",)
+    public_prefixes = (HEALTH_PATH + "/", *extra_public_prefixes)
 
     def is_public(path: str) -> bool:
         return path in public_paths or path.startswith(public_prefixes)

@@ -16,14 +16,23 @@ class ApiError(Exception):
         code: stable snake_case code, e.g. ``"adapter_not_found"``.
         message: what was wrong, for a person.
         param: the request field at fault, if any (dotted path).
+        headers: extra response headers (``Retry-After`` of a 429).
     """
 
-    def __init__(self, status: int, code: str, message: str, param: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.param = param
+        self.headers = headers
 
 
 def not_found(kind: str, ident: str, param: str | None = None) -> ApiError:
@@ -53,3 +62,29 @@ def adapter_model_mismatch(adapter_id: str, owner: str, asked: str) -> ApiError:
         f"Adapter {adapter_id!r} belongs to model {owner!r}, not {asked!r}.",
         "adapter_id",
     )
+
+
+RETRY_AFTER_SECONDS = 5
+"""``Retry-After`` (s) sent with every 503: a database or broker that went away is usually
+back (or failed over) within seconds."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for ``OSError`` ENOSPC / EDQUOT (no space left, disk quota exceeded)."""
+    import errno
+
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def storage_full(what: str) -> ApiError:
+    """The 507 for a write refused because the artifact directory's disk is full."""
+    return ApiError(
+        507,
+        "storage_full",
+        f"No space left to store the {what}; nothing was kept. Retry once space is freed.",
+    )
+
+
+def database_unavailable() -> ApiError:
+    """The 503 for a request whose database connection failed (database down or cut off)."""
+    return ApiError(503, "database_unavailable", "The database is unreachable; retry in a moment.")

@@ -46,6 +46,7 @@ from pydantic_core import InitErrorDetails
 
 from models.classifier import LINEAR_NAMES, MLPConfig, linear_shapes
 from models.lora import LoraConfig
+from models.precision import PRECISIONS
 from models.training import LR_SCHEDULES, WATCHED_METRICS, EarlyStopping, TrainConfig
 from service.core.vocab import JOB_KINDS, MAX_ID_LENGTH, DigitList, JobKind, refuse_both_names
 
@@ -58,6 +59,7 @@ MNIST_TRAIN_SIZE = 60_000
 LinearName = Literal[LINEAR_NAMES]  # type: ignore[valid-type]
 LrSchedule = Literal[LR_SCHEDULES]  # type: ignore[valid-type]
 WatchedMetric = Literal[WATCHED_METRICS]  # type: ignore[valid-type]
+TrainPrecision = Literal[PRECISIONS]  # type: ignore[valid-type]
 
 # Each field's bounds and meaning, written once; the specs below only set defaults.
 Classes = Annotated[
@@ -171,6 +173,13 @@ class JobSpec(BaseModel):
         "it), `cpu`, or `cuda` (the GPU queue; fails `no_gpu_worker` when no GPU worker "
         "takes it within GPU_WAIT_SECONDS).",
     )
+    precision: TrainPrecision = Field(
+        "fp32",
+        description="Matmul precision: fp32, bf16 (autocast; fp32 master weights, optimizer "
+        "state and loss) or auto (bf16 where the device has bf16 hardware: CUDA with bf16, a "
+        "CPU with AMX/AVX512-BF16; else fp32). The job result and its model or adapter "
+        "record the precision it resolved to.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -187,6 +196,7 @@ class JobSpec(BaseModel):
             batch_size=self.batch_size,
             seed=self.seed,
             lr_schedule=self.lr_schedule,
+            precision=self.precision,
         )
 
     def check_against_base(self, architecture: MLPConfig) -> None:

@@ -93,6 +93,13 @@ class Settings(BaseSettings):
         description="torch intra-op threads in the API process (process-wide; /predict runs "
         "one forward pass at a time, and on a small machine extra threads only contend).",
     )
+    # --- issue 16: serving precision ---
+    serving_precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32",
+        description="Matmul precision of /predict and /evaluate: fp32, bf16 (served weights "
+        "cast to bf16 once at load) or auto (bf16 where the hardware has it: CUDA with bf16, "
+        "a CPU with AMX/AVX512-BF16; else fp32).",
+    )
 
     # events and webhooks
     event_poll_seconds: float = Field(
@@ -154,6 +161,40 @@ class Settings(BaseSettings):
     sweep_max_jobs: int = Field(
         200, ge=1, description="Most jobs one sweep may create (bases + variants x seeds)."
     )
+
+    # --- issue 17: faults around the service ---
+    queued_resend_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A queued job whose latest message was sent this long ago without being "
+        "claimed gets another one (a message lost with a broker's memory, or never sent while "
+        "the broker was down); a duplicate is a no-op (s).",
+    )
+    rate_limit_per_second: float | None = Field(
+        None,
+        gt=0,
+        description="Requests a second each API key (or client address on an open API) may "
+        "send to POST /predict and to POST /jobs, per API process; 429 rate_limited beyond "
+        "(unset: no limit).",
+    )
+    rate_limit_burst: int = Field(
+        20,
+        ge=1,
+        description="Requests a key may send at once before RATE_LIMIT_PER_SECOND applies.",
+    )
+    max_active_jobs_per_key: int | None = Field(
+        None,
+        ge=1,
+        description="Most queued + running jobs one API key may have; POST /jobs beyond is 429 "
+        "too_many_active_jobs (unset: no cap; needs API_KEYS).",
+    )
+    job_max_runtime_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Longest a job may run, from its first start (s); a job still training "
+        "then ends failed with code timeout (unset: no limit).",
+    )
+    # --- end issue 17 ---
 
     # HTTP and CLI
     host: str = Field("127.0.0.1", description="Address the API binds to.")

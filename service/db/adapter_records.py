@@ -29,6 +29,7 @@ def register_adapter(
     classes: list[int],
     test_accuracy: float | None,
     path: str,
+    precision: str | None = None,
 ) -> AdapterRecord:
     """Add an adapter record; flushes, the caller commits.
 
@@ -36,6 +37,7 @@ def register_adapter(
         lora_config: the adapter's hyper-parameters (``r``, ``lora_alpha``,
             ``target_modules``, ``lora_dropout``, ``use_rslora``).
         path: absolute PEFT directory (``adapter_config.json``, ``adapter_model.safetensors``).
+        precision: the matmul precision it was trained in (fp32, bf16), None if imported.
     Raises:
         sqlalchemy.exc.IntegrityError: duplicate id or unknown base model (on flush).
     """
@@ -53,6 +55,7 @@ def register_adapter(
         classes=list(classes),
         test_accuracy=test_accuracy,
         path=str(path),
+        precision=precision,
     )
     session.add(record)
     session.flush()

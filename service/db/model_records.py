@@ -31,6 +31,7 @@ def register_model(
     n_parameters: int,
     test_accuracy: float | None,
     path: str,
+    precision: str | None = None,
 ) -> ModelRecord:
     """Add a model record; flushes, the caller commits.
 
@@ -39,6 +40,7 @@ def register_model(
         classes: digit of each head output, in order.
         architecture: ``MLPConfig.to_dict()`` of the stored network.
         path: absolute directory holding ``model.safetensors`` + ``config.json``.
+        precision: the matmul precision it was trained in (fp32, bf16), None if unknown.
     Raises:
         sqlalchemy.exc.IntegrityError: ``model_id`` already exists (on flush).
     """
@@ -52,6 +54,7 @@ def register_model(
         n_parameters=int(n_parameters),
         test_accuracy=test_accuracy,
         path=str(path),
+        precision=precision,
     )
     session.add(record)
     session.flush()

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,41 @@ LOCKED_MESSAGES = ("database is locked", "database table is locked", "database i
 def is_locked(exc: BaseException) -> bool:
     """True for SQLite's lock errors (``SQLITE_BUSY`` / ``SQLITE_LOCKED``)."""
     return isinstance(exc, OperationalError) and any(m in str(exc) for m in LOCKED_MESSAGES)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True for errors that mean the database cannot be reached right now: connection
+    refused or lost, server shutting down, connection terminated by an administrator
+    (``OperationalError``/``InterfaceError``, or any error that invalidated its connection).
+    SQLite's lock errors are :func:`is_locked` instead."""
+    if not isinstance(exc, DBAPIError) or is_locked(exc):
+        return False
+    return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+
+
+def retry_unreachable(
+    work: Callable[[], T], *, give_up: Callable[[], bool], first_delay: float = 0.2
+) -> T:
+    """Run ``work()`` (opening its own session), retrying while the database is unreachable.
+
+    Between tries the delay doubles from ``first_delay`` seconds up to 2 s; the loop ends
+    when ``work`` succeeds or ``give_up()`` is true (a worker passes its lease fence, so it
+    never writes after another run may have started).
+
+    Raises:
+        DBAPIError: the last :func:`is_unreachable` error once ``give_up()`` is true, or any
+            other database error at once.
+    """
+    delay = first_delay
+    while True:
+        try:
+            return work()
+        except DBAPIError as exc:
+            if not is_unreachable(exc) or give_up():
+                raise
+            log.warning("database unreachable (%s); retrying in %.1f s", exc.orig, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 def retry_locked(

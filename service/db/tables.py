@@ -77,6 +77,8 @@ class JobRecord(Base):
     # idempotent submission
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(64))
+    # issue 17: the id of the API key that submitted the job (a hash, never the key)
+    api_key_id: Mapped[str | None] = mapped_column(String(32), index=True)
     # the event log: the id of the job's latest event (service.jobs.events)
     event_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # where terminal statuses are POSTed (the request's, else the WEBHOOK_URL setting)
@@ -177,6 +179,7 @@ class ModelRecord(Base):
     test_accuracy: Mapped[float | None] = mapped_column(Float)
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    precision: Mapped[str | None] = mapped_column(String(8))  # fp32 | bf16 (issue 16)
 
 
 class AdapterRecord(Base):
@@ -200,6 +203,7 @@ class AdapterRecord(Base):
     test_accuracy: Mapped[float | None] = mapped_column(Float)
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    precision: Mapped[str | None] = mapped_column(String(8))  # fp32 | bf16; None if imported
 
 
 class SweepRecord(Base):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from kombu.transport import sqlalchemy as kombu_sqla
 from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from service.db.engine import make_engine
@@ -49,6 +49,16 @@ class Channel(kombu_sqla.Channel):
                     _create_tables(engine)
                     self._engines[url] = engine, sessionmaker(bind=engine)
         return self._engines[url]
+
+    def _get_or_create(self, queue):  # noqa: ANN001, ANN202 (kombu's signature)
+        """kombu's, safe across processes: its lock is per process, so two processes
+        creating one queue at once made the second fail with ``UNIQUE constraint failed:
+        kombu_queue.name``; that one now reads the row the other created."""
+        try:
+            return super()._get_or_create(queue)
+        except IntegrityError:
+            self.session.rollback()
+            return self.session.query(self.queue_cls).filter(self.queue_cls.name == queue).one()
 
 
 class Transport(kombu_sqla.Transport):

@@ -12,6 +12,7 @@ redelivered messages exactly one wins:
     running, stale                           --reap--> queued (new message sent)
     running, stale                           --take_over_stale--> running (attempt + 1)
     queued, no message for resend_after s    --reap--> queued (message sent again)
+    running, held by a worker shutting down  --hand_back--> queued (new message sent)
 
 ``attempt`` counts the runs started (each claim or take-over adds one), so a requeued job
 runs next as ``attempt + 1``. A cancelled or finished job is never reclaimed.
@@ -167,6 +168,49 @@ def _reap_one(
     return won and bucket is result.requeued
 
 
+def hand_back(session: Session, job_id: str, worker_id: str, *, attempt: int) -> bool:
+    """``running -> queued`` for a job that ``worker_id`` still holds and gives up on purpose
+    (graceful shutdown): lease released, a ``requeued`` event; commits. The caller sends
+    the new message.
+
+    Returns:
+        False when the worker no longer held the job (nothing changed).
+    """
+    won = _count(
+        session,
+        update(JobRecord)
+        .where(
+            JobRecord.id == job_id,
+            JobRecord.status == "running",
+            JobRecord.worker_id == worker_id,
+        )
+        .values(status="queued", worker_id=None, heartbeat_at=utcnow()),
+    )
+    if won:
+        events.record_requeued(
+            session, job_id, attempt=attempt, reason="its worker shut down (SIGTERM)"
+        )
+    session.commit()
+    return won == 1
+
+
+def flag_unsent(session: Session, job_id: str) -> None:
+    """Date a queued job's latest message long ago (its send failed), so that the next
+    reaper pass sends it; commits. A database error while doing so is logged: the job is
+    then sent ``QUEUED_RESEND_SECONDS`` after it was created instead."""
+    try:
+        _count(
+            session,
+            update(JobRecord)
+            .where(JobRecord.id == job_id, JobRecord.status == "queued")
+            .values(heartbeat_at=LONG_AGO),
+        )
+        session.commit()
+    except Exception:  # the database went too: the resend period covers it
+        session.rollback()
+        log.warning("could not flag job %s as unsent", job_id, exc_info=True)
+
+
 def _send_or_flag(session: Session, job_id: str, send: Callable[[str], None], result: ReapResult):
     """Send ``job_id``'s message; on failure date its last send long ago so that the next
     pass retries at once."""
@@ -175,13 +219,7 @@ def _send_or_flag(session: Session, job_id: str, send: Callable[[str], None], re
     except Exception:  # the broker's errors are transport-specific
         log.warning("could not send job %s; retrying next pass", job_id, exc_info=True)
         result.send_errors.append(job_id)
-        _count(
-            session,
-            update(JobRecord)
-            .where(JobRecord.id == job_id, JobRecord.status == "queued")
-            .values(heartbeat_at=LONG_AGO),
-        )
-        session.commit()
+        flag_unsent(session, job_id)
 
 
 def reap(

@@ -3,7 +3,8 @@
 Submission checks what needs the database (the base model exists, and the spec fits it:
 :meth:`service.core.job_spec.JobSpec.check_against_base`), inserts the ``queued``
 row, **commits**, and only then enqueues ``run_job(job_id)``: a worker can never receive
-an id whose row it cannot read.
+an id whose row it cannot read. If the broker is down the job stays ``queued`` and is sent
+later by a reaper (the client still gets its 202).
 
 Idempotent submission: with an ``Idempotency-Key``, the job row stores the key (unique) and
 a hash of the request as validated (kind, base model, config with defaults filled in). The
@@ -22,24 +23,26 @@ import logging
 from collections.abc import Callable
 from typing import NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from models.classifier import MLPConfig
+from service.core.api_keys import scoped_idempotency_key
 from service.core.errors import ApiError, database_busy, not_found
 from service.core.job_spec import JobSpec, SpecMismatch, parse_stored
 from service.core.settings import Settings
 from service.db import job_records, model_records
 from service.db.retry import is_locked, retry_locked
 from service.db.tables import JobRecord
-from service.jobs import events, webhooks
+from service.jobs import events, leases, webhooks
 from service.jobs import state as job_state
 from service.jobs.idempotency import key_reused, request_digest
 
 log = logging.getLogger(__name__)
 
 Enqueue = Callable[[str, Settings], None]
+CAP_RETRY_AFTER_SECONDS = 30  # a capped key waits for one of its jobs to finish
 
 
 def check_spec_against_base(spec: JobSpec, architecture: dict) -> None:
@@ -52,6 +55,31 @@ def check_spec_against_base(spec: JobSpec, architecture: dict) -> None:
         spec.check_against_base(MLPConfig.from_dict(dict(architecture)))
     except SpecMismatch as exc:
         raise ApiError(422, "validation_error", exc.message, exc.param) from exc
+
+
+def check_active_cap(session: Session, settings: Settings, api_key_id: str | None) -> None:
+    """Refuse a new job when the key already has ``MAX_ACTIVE_JOBS_PER_KEY`` queued or
+    running (checked before the insert: requests racing each other may pass it together).
+
+    Raises:
+        ApiError: 429 ``too_many_active_jobs`` with ``Retry-After``.
+    """
+    cap = settings.max_active_jobs_per_key
+    if cap is None or api_key_id is None:
+        return
+    active = session.scalar(
+        select(func.count())
+        .select_from(JobRecord)
+        .where(JobRecord.api_key_id == api_key_id, JobRecord.status.in_(("queued", "running")))
+    )
+    if (active or 0) >= cap:
+        raise ApiError(
+            429,
+            "too_many_active_jobs",
+            f"This API key has {active} queued or running jobs, the most allowed "
+            f"(MAX_ACTIVE_JOBS_PER_KEY={cap}); retry once one has finished.",
+            headers={"Retry-After": str(CAP_RETRY_AFTER_SECONDS)},
+        )
 
 
 class Submission(NamedTuple):
@@ -118,6 +146,7 @@ def submit_job(
     enqueue: Enqueue,
     idempotency_key: str | None = None,
     webhook_url: str | None = None,
+    api_key_id: str | None = None,
 ) -> Submission:
     """Validate, insert and commit a ``queued`` job, then enqueue its task.
 
@@ -127,19 +156,27 @@ def submit_job(
             is returned (``replayed``) instead of creating another.
         webhook_url: where the job's terminal status is POSTed (default: the
             ``WEBHOOK_URL`` setting); checked by :func:`service.jobs.webhooks.check_url`.
+        api_key_id: id of the API key that sent the request
+            (:func:`service.core.api_keys.key_id`; None on an open API): the job records
+            it, ``idempotency_key`` is looked up and stored scoped to it, and
+            ``MAX_ACTIVE_JOBS_PER_KEY`` counts its queued + running jobs.
     Returns:
         The committed job (``queued`` when new) and whether it was replayed.
     Raises:
         ApiError: 404 ``model_not_found`` (param ``base_model_id``); 422
             ``validation_error`` (see :func:`check_spec_against_base`); 409
-            ``idempotency_key_reused`` (same key, different request); 422
-            ``invalid_webhook_url`` (param ``webhook_url``); 503
-            ``broker_unavailable`` when the task could not be sent (the job is then
-            ``failed`` with code ``enqueue_failed``); 503 ``database_busy``.
+            ``idempotency_key_reused`` (same key, different request); 429
+            ``too_many_active_jobs`` (the key's cap, with ``Retry-After``); 422
+            ``invalid_webhook_url`` (param ``webhook_url``); 503 ``database_busy``.
+            A broker that cannot be reached is no error: the job is committed ``queued``
+            and flagged unsent (:func:`service.jobs.leases.flag_unsent`), and a reaper
+            sends its message once the broker is back.
     """
     digest = request_hash(base_model_id, spec, webhook_url)
-    if idempotency_key is not None and (found := _by_key(session, idempotency_key)):
-        return _replay(found, idempotency_key, digest, spec, base_model_id)
+    stored_key = scoped_idempotency_key(api_key_id, idempotency_key)
+    if stored_key is not None and (found := _by_key(session, stored_key)):
+        return _replay(found, idempotency_key, digest, spec, base_model_id)  # type: ignore[arg-type]
+    check_active_cap(session, settings, api_key_id)
     if base_model_id is not None:
         base = model_records.require_model(session, base_model_id, "base_model_id")
         check_spec_against_base(spec, base.architecture)
@@ -152,10 +189,11 @@ def submit_job(
             config=spec.model_dump(mode="json"),
             base_model_id=base_model_id,
             epochs=spec.epochs,
-            idempotency_key=idempotency_key,
+            idempotency_key=stored_key,
             request_hash=digest if idempotency_key is not None else None,
             webhook_url=webhook,
         )
+        job.api_key_id = api_key_id
         events.record_queued(session, job)
         session.commit()
         return job
@@ -163,7 +201,7 @@ def submit_job(
     try:
         job = retry_locked(session, insert)
     except IntegrityError:
-        found = _by_key(session, idempotency_key) if idempotency_key is not None else None
+        found = _by_key(session, stored_key) if stored_key is not None else None
         if found is None:
             raise
         return _replay(found, idempotency_key, digest, spec, base_model_id)  # type: ignore[arg-type]
@@ -173,16 +211,12 @@ def submit_job(
         raise
     try:
         enqueue(job.id, settings)
-    except Exception as exc:  # the broker's errors are transport-specific
-        log.exception("could not enqueue job %s", job.id)
-        message = f"Could not reach the broker: {exc}"
-        retry_locked(
-            session,
-            lambda: job_state.mark_failed(session, job.id, code="enqueue_failed", message=message),
-        )
-        raise ApiError(
-            503, "broker_unavailable", f"Job {job.id} could not be queued: broker unreachable."
-        ) from exc
+    except Exception:  # the broker's errors are transport-specific
+        # The job is committed: it stays queued, dated as never sent, and the next reaper
+        # pass sends it (``QUEUED_RESEND_SECONDS`` bounds the wait for a lost message).
+        log.warning("could not enqueue job %s; a reaper will send it", job.id, exc_info=True)
+        leases.flag_unsent(session, job.id)
+    return Submission(job, False)
     return Submission(job, False)
 
 

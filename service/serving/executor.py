@@ -15,6 +15,9 @@
    adapter (Hu et al. 2021, eq. 3); base weights are only read, never merged into. A batch
    needing more distinct adapters than the cache holds is split so that no pass holds more
    than ``adapter_cache_size`` adapters;
+   In ``SERVING_PRECISION`` bf16 (:mod:`models.precision`) the networks and adapters are
+   cast to bfloat16 once, when loaded into the cache, and each batch's input once per
+   pass; the logits are cast back to float32 before the softmax;
 4. turns logits into probabilities (softmax) mapped through the record's ``classes`` (the
    adapter's when one is used): head output ``i`` means digit ``classes[i]``.
 
@@ -39,6 +42,7 @@ from models.checkpoint import load_model
 from models.classifier import MLP
 from models.lora import AdapterWeights
 from models.multi_lora import AdapterBatch, enable_multi_lora
+from models.precision import resolve_precision, torch_dtype
 from service.core import store
 from service.core.errors import ApiError, adapter_model_mismatch, artifact_unavailable, not_found
 from service.core.settings import Settings
@@ -61,6 +65,8 @@ class LoadedModel:
     path: str
     model: MLP
     classes: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+    """The dtype its weights were cast to at load (``SERVING_PRECISION``)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,8 @@ class BatchExecutor:
 
     Args:
         settings: uses ``database_url``, ``default_model_id``, ``max_adapter_bytes``,
-            ``adapter_cache_size`` and ``model_cache_size``.
+            ``adapter_cache_size``, ``model_cache_size`` and ``serving_precision`` (resolved
+            once, for the CPU, into ``precision``).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -137,6 +144,8 @@ class BatchExecutor:
             settings.model_cache_size, "model", self.metrics, _model_bytes
         )
         self.stats = BatchStats()
+        self.precision = resolve_precision(settings.serving_precision, torch.device("cpu"))
+        self.dtype = torch_dtype(self.precision)
         self.engine = get_engine(settings.database_url)
         self._sessions = session_factory(settings.database_url)
         invalidation.watch(self)
@@ -194,9 +203,9 @@ class BatchExecutor:
             if len(r.model_classes) != meta.config.n_classes:
                 why = f"{len(r.model_classes)} classes for its head"
                 raise artifact_unavailable("model", r.model_id, why)
-            model.eval().requires_grad_(False)
+            model.eval().requires_grad_(False).to(self.dtype)  # cast once, here
             loaded = LoadedModel(
-                r.model_id, r.model_path, enable_multi_lora(model), r.model_classes
+                r.model_id, r.model_path, enable_multi_lora(model), r.model_classes, self.dtype
             )
             _freeze_heap()
             return loaded
@@ -228,6 +237,12 @@ class BatchExecutor:
             if len(classes) != base.model.config.n_classes:
                 why = f"{len(classes)} classes for the head"
                 raise artifact_unavailable("adapter", adapter_id, why)
+            if self.dtype != torch.float32:  # cast once, here, not per batch
+                weights = AdapterWeights(
+                    weights.config,
+                    {k: v.to(self.dtype) for k, v in weights.A.items()},
+                    {k: v.to(self.dtype) for k, v in weights.B.items()},
+                )
             return LoadedAdapter(adapter_id, base.model_id, path, weights, classes)
 
         return self._cached(
@@ -257,10 +272,12 @@ class BatchExecutor:
 
     @staticmethod
     def forward(base: LoadedModel, x: torch.Tensor, per_sample: Sequence[Any]) -> torch.Tensor:
-        """Logits (B, n_classes) of ``x`` (B, 784), sample ``i`` with adapter weights
-        ``per_sample[i]`` (None: the base alone), through ``MLP.forward``."""
+        """Float32 logits (B, n_classes) of float32 ``x`` (B, 784), sample ``i`` with adapter
+        weights ``per_sample[i]`` (None: the base alone), through ``MLP.forward`` in the
+        dtype ``base.dtype`` (``x`` is cast to it, the logits back)."""
         with torch.inference_mode():
-            return base.model(x, adapters=AdapterBatch(per_sample, x.device))
+            out = base.model(x.to(base.dtype), adapters=AdapterBatch(per_sample, x.device))
+            return out.float()
 
     # ---------------------------------------------------------------- micro-batches
 

@@ -274,6 +274,31 @@ def pixels_to_images(pixels: Sequence, param: str = "pixels") -> np.ndarray:
     return images
 
 
+def raw_to_images(data: bytes, param: str = "body") -> np.ndarray:
+    """Turn a binary body (``application/octet-stream``) of N x 784 uint8 values, each
+    image 28 rows of 28 pixels in row-major order, into digits (polarity rule as for JSON).
+
+    Returns:
+        uint8 (N, 28, 28), a copy (the body's buffer is read-only).
+
+    Raises:
+        ApiError: 422 ``invalid_pixels`` when the length is not a positive multiple of 784.
+    """
+    n, rest = divmod(len(data), SIDE * SIDE)
+    if n < 1 or rest:
+        raise ApiError(
+            422,
+            "invalid_pixels",
+            f"an application/octet-stream body is N x 784 bytes (28 x 28 uint8 pixels per "
+            f"image, row-major); got {len(data)} bytes.",
+            param,
+        )
+    images = np.frombuffer(data, dtype=np.uint8).reshape(n, SIDE, SIDE).copy()
+    for i in range(n):
+        images[i] = frame_digit(images[i])
+    return images
+
+
 def to_model_input(images: np.ndarray) -> torch.Tensor:
     """Normalise framed digits for the network.
 

@@ -155,5 +155,9 @@ def test_ping_stats_and_openapi(predict_client) -> None:
     stats = predict_client.get("/predict/stats").json()
     assert stats["adapter_cache"]["resident"] == ["ad0"] and stats["samples"] >= 1
     op = predict_client.get("/openapi.json").json()["paths"]["/predict"]["post"]
-    assert set(op["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
+    assert set(op["requestBody"]["content"]) == {
+        "application/json",
+        "multipart/form-data",
+        "application/octet-stream",
+    }
     assert "anyOf" in str(op["responses"]["200"])  # single object or {"predictions": [...]}

@@ -207,7 +207,7 @@ def test_health_ok_and_docs_served(client) -> None:
         assert path in paths
 
 
-def test_broker_down_health_503_and_submit_503(migrated) -> None:
+def test_broker_down_health_503_and_submit_queues_for_later(migrated) -> None:
     from fastapi.testclient import TestClient
 
     from service.api.app import create_app
@@ -217,6 +217,16 @@ def test_broker_down_health_503_and_submit_503(migrated) -> None:
         err = error_of(client.get("/health"), 503, "unhealthy")
         assert "broker" in err["message"]
         assert "127.0.0.1" not in err["message"]  # connection details stay in the log
-        error_of(client.post("/jobs", json={"kind": "pretrain"}), 503, "broker_unavailable")
+        assert client.get("/health").headers["Retry-After"].isdigit()
+        created = client.post("/jobs", json={"kind": "pretrain"})
+        assert created.status_code == 202, created.text
         job = client.get("/jobs").json()["items"][0]
-        assert job["status"] == "failed" and job["error"]["code"] == "enqueue_failed"
+        assert job["id"] == created.json()["id"] and job["status"] == "queued"
+    # flagged unsent: the next reaper pass sends it, however young the job is
+    from service.db.engine import session_scope
+    from service.jobs.leases import reap
+
+    sent: list[str] = []
+    with session_scope(migrated.database_url) as session:
+        reap(session, lease_seconds=30, max_attempts=3, resend_after=3600, send=sent.append)
+    assert sent == [job["id"]]

@@ -280,7 +280,7 @@ def test_predict_unknown_query_parameter_or_form_field_is_422(predict_client) ->
 def test_predict_query_parameters_are_documented(app) -> None:
     operation = app.openapi()["paths"]["/predict"]["post"]
     names = {p["name"]: p for p in operation["parameters"]}
-    assert set(names) == {"model_id", "adapter_id"}
+    assert set(names) == {"model_id", "adapter_id", "include_image"}
     assert all(p["in"] == "query" and p.get("description") for p in names.values())
 
 
