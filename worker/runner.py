@@ -33,7 +33,8 @@ run a job in-process. The steps:
    stay (they can be published later); the resumable state is removed.
 5. Cancelled (at a step boundary or just before registration): nothing is registered, the
    written files, checkpoints and their records are removed, the job ends ``cancelled``.
-6. Past ``JOB_MAX_RUNTIME_SECONDS`` since its first start: ``failed`` with ``timeout``.
+6. Past its maximum runtime since its first start (the smaller of the spec's
+   ``max_runtime_seconds`` and ``JOB_MAX_RUNTIME_SECONDS``): ``failed`` with ``timeout``.
    Worker shutting down (SIGTERM, :mod:`worker.shutdown`): training stops at the next
    step and the job is handed back (``queued``, new message) to resume from its checkpoint.
 7. Any exception: ``failed`` with ``{code, message}`` (see :func:`describe_failure`); a full
@@ -117,6 +118,17 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
     return "training_error", f"{type(exc).__name__}: {exc}"
 
 
+def runtime_limit(job: JobRecord, settings: Settings) -> float | None:
+    """The job's maximum runtime (s): the smaller of its spec's ``max_runtime_seconds`` and
+    ``JOB_MAX_RUNTIME_SECONDS`` (:meth:`JobSpec.runtime_limit`); the setting alone for a
+    config that no longer parses (that job fails ``invalid_config`` anyway)."""
+    try:
+        spec = parse_stored(job.kind, job.config)
+    except ValueError:
+        return settings.job_max_runtime_seconds
+    return spec.runtime_limit(settings.job_max_runtime_seconds)
+
+
 def runtime_deadline(job: JobRecord, max_seconds: float | None) -> float | None:
     """The ``time.monotonic()`` value at which ``job`` has run ``max_seconds`` since its
     first start (``started_at``, kept across resumes); None without a limit."""
@@ -182,7 +194,7 @@ def run_job(job_id: str, settings: Settings | None = None, worker_id: str | None
     )
     stop = StopCheck(
         factory, job_id, worker_id, CANCEL_POLL_SECONDS, lease=keeper, shutdown=SHUTTING_DOWN,
-        deadline=runtime_deadline(job, settings.job_max_runtime_seconds),
+        deadline=runtime_deadline(job, runtime_limit(job, settings)),
     )  # fmt: skip
     code = None
     with keeper:
@@ -250,7 +262,7 @@ def _finish_stopped(run: _Run, reason: str | None) -> str:
             _drop_checkpoints(run.factory, run.settings, run.job.id)
         return "cancelled"
     if reason == "timeout":
-        limit = run.settings.job_max_runtime_seconds
+        limit = runtime_limit(run.job, run.settings) or 0.0
         message = f"The job ran longer than its maximum runtime of {limit:g} s."
         with run.factory() as session:
             failed = job_state.mark_failed(

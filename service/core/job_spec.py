@@ -55,6 +55,7 @@ MAX_HIDDEN = 8192
 MAX_RANK = 1024
 MAX_SEED = 2**31 - 1
 MNIST_TRAIN_SIZE = 60_000
+MAX_RUNTIME_SECONDS = 7 * 24 * 3600  # a week: the bound of a job's max_runtime_seconds
 
 LinearName = Literal[LINEAR_NAMES]  # type: ignore[valid-type]
 LrSchedule = Literal[LR_SCHEDULES]  # type: ignore[valid-type]
@@ -181,11 +182,27 @@ class JobSpec(BaseModel):
         "record the precision it resolved to.",
     )
 
+    max_runtime_seconds: float | None = Field(  # issue 17: see runtime_limit
+        None,
+        gt=0,
+        le=MAX_RUNTIME_SECONDS,
+        description="Longest this job may run, from its first start (s, resumes included); "
+        "past it the job ends failed with code timeout. With the JOB_MAX_RUNTIME_SECONDS "
+        "setting also set, the smaller of the two applies; null: the setting alone.",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _one_name_each(cls, data: object) -> object:
         refuse_both_names(data, {"classes": "digits"})
         return data
+
+    def runtime_limit(self, service_limit: float | None) -> float | None:
+        """The job's maximum runtime in seconds: the smaller of ``max_runtime_seconds`` and
+        ``service_limit`` (the ``JOB_MAX_RUNTIME_SECONDS`` setting), whichever are set;
+        None when neither is (no limit)."""
+        limits = [x for x in (self.max_runtime_seconds, service_limit) if x is not None]
+        return min(limits) if limits else None
 
     def train_config(self) -> TrainConfig:
         """The optimisation settings for ``models.training.train``."""

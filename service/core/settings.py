@@ -192,7 +192,8 @@ class Settings(BaseSettings):
         None,
         gt=0,
         description="Longest a job may run, from its first start (s); a job still training "
-        "then ends failed with code timeout (unset: no limit).",
+        "then ends failed with code timeout. A job's own config.max_runtime_seconds can only "
+        "lower it (the smaller applies; unset: the job's own, else no limit).",
     )
     # --- end issue 17 ---
 

@@ -117,7 +117,9 @@ def _by_key(session: Session, key: str) -> JobRecord | None:
 def _same_request(job: JobRecord, spec: JobSpec, base_model_id: str | None) -> bool:
     """Whether a stored job is this request, compared as parsed specs on the fields the
     stored row has: for rows whose ``request_hash`` was taken under round one's field names
-    (``digits``) or before later fields existed (a request could not have set those)."""
+    (``digits``) or before later fields existed (a request could not have set those, so a
+    request that sets one to other than its default, e.g. ``max_runtime_seconds``, is
+    another request)."""
     if (job.kind, job.base_model_id) != (spec.kind, base_model_id):
         return False
     try:
@@ -126,7 +128,10 @@ def _same_request(job: JobRecord, spec: JobSpec, base_model_id: str | None) -> b
         return False
     requested = spec.model_dump(mode="json")
     known = {"classes" if k == "digits" else k for k in job.config}
-    return all(stored.get(k) == requested.get(k) for k in known)
+    without_later = type(spec).model_validate({k: requested[k] for k in known if k in requested})
+    return without_later.model_dump(mode="json") == requested and all(
+        stored.get(k) == requested.get(k) for k in known
+    )
 
 
 def _replay(

@@ -93,12 +93,22 @@ def test_rate_limit_on_predict_and_jobs_per_key(keyed) -> None:  # noqa: ANN001
     assert client.get("/jobs", headers=_headers("ka-secret")).status_code == 200  # reads: free
 
 
-def test_job_past_its_maximum_runtime_fails_timeout(migrated) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(
+    ("service_limit", "own_limit"),
+    [(0.5, None), (0.5, 600.0)],  # the setting alone; the setting below the job's own
+    ids=["setting", "setting-caps-job"],
+)
+def test_job_past_its_maximum_runtime_fails_timeout(
+    migrated,
+    service_limit: float,
+    own_limit: float | None,  # noqa: ANN001
+) -> None:
     from service.core.job_spec import PretrainSpec
     from worker import runner
 
-    settings = migrated.model_copy(update={"job_max_runtime_seconds": 0.5})
-    spec = PretrainSpec(epochs=50, hidden1=16, hidden2=16, max_train_samples=2000, batch_size=4)
+    settings = migrated.model_copy(update={"job_max_runtime_seconds": service_limit})
+    spec = PretrainSpec(epochs=50, hidden1=16, hidden2=16, max_train_samples=2000, batch_size=4,
+                        max_runtime_seconds=own_limit)  # fmt: skip
     with session_scope(settings.database_url) as s:
         job_id = job_records.create_job(
             s, kind="pretrain", config=spec.model_dump(mode="json"), base_model_id=None,
@@ -108,4 +118,45 @@ def test_job_past_its_maximum_runtime_fails_timeout(migrated) -> None:  # noqa: 
     with session_scope(settings.database_url) as s:
         job = job_records.get_job(s, job_id)
         assert (job.status, job.error_code) == ("failed", "timeout"), job.error_message
+        assert "maximum runtime of 0.5 s" in job.error_message
         assert job.epoch < 50
+
+
+def test_idempotency_key_request_includes_max_runtime_seconds(client) -> None:  # noqa: ANN001
+    """The new field is part of the request an Idempotency-Key stands for."""
+    with_limit = {"kind": "pretrain", "config": {"epochs": 1, "max_runtime_seconds": 60}}
+    first = client.post("/jobs", json=with_limit, headers={"Idempotency-Key": "rt-1"})
+    assert first.status_code == 202, first.text
+    assert first.json()["config"]["max_runtime_seconds"] == 60
+    again = client.post("/jobs", json=with_limit, headers={"Idempotency-Key": "rt-1"})
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    for other in ({"epochs": 1, "max_runtime_seconds": 61}, {"epochs": 1}):
+        reused = client.post("/jobs", json={"kind": "pretrain", "config": other},
+                             headers={"Idempotency-Key": "rt-1"})  # fmt: skip
+        error_of(reused, 409, "idempotency_key_reused")
+    plain = client.post("/jobs", json=JOB, headers={"Idempotency-Key": "rt-2"})
+    assert plain.status_code == 202 and plain.json()["config"]["max_runtime_seconds"] is None
+    spelled = {"kind": "pretrain", "config": {"epochs": 1, "max_runtime_seconds": None}}
+    same = client.post("/jobs", json=spelled, headers={"Idempotency-Key": "rt-2"})
+    assert same.status_code == 200 and same.json()["id"] == plain.json()["id"]  # the default
+
+
+def test_row_from_before_the_field_is_another_request_with_it(client, migrated) -> None:  # noqa: ANN001
+    """A job stored before ``max_runtime_seconds`` existed (config and hash without it): the
+    same body again replays it, the body plus a limit is another request (409)."""
+    from service.core.job_spec import PretrainSpec
+    from service.jobs.submit import request_hash
+
+    old_config = PretrainSpec(epochs=1).model_dump(mode="json")
+    del old_config["max_runtime_seconds"]
+    old_hash = request_hash(None, PretrainSpec(epochs=1)) + "-before-the-field"
+    with session_scope(migrated.database_url) as s:
+        job_id = job_records.create_job(
+            s, kind="pretrain", config=old_config, base_model_id=None, epochs=1,
+            idempotency_key="old-key", request_hash=old_hash,
+        ).id  # fmt: skip
+    same = client.post("/jobs", json=JOB, headers={"Idempotency-Key": "old-key"})
+    assert same.status_code == 200 and same.json()["id"] == job_id, same.text
+    limited = {"kind": "pretrain", "config": {"epochs": 1, "max_runtime_seconds": 5}}
+    error_of(client.post("/jobs", json=limited, headers={"Idempotency-Key": "old-key"}),
+             409, "idempotency_key_reused")  # fmt: skip

@@ -212,6 +212,31 @@ def test_sigterm_hands_the_job_back_at_once(fault_stack) -> None:  # noqa: ANN00
     assert len(requeued) == 1 and "SIGTERM" in requeued[0]["data"]["reason"], requeued
 
 
+def test_job_past_its_own_max_runtime_fails_timeout(fault_stack) -> None:  # noqa: ANN001
+    """A real worker stops a job past its own ``config.max_runtime_seconds`` (no
+    JOB_MAX_RUNTIME_SECONDS here): ``failed`` with ``timeout``, its checkpoints removed, and
+    the worker takes the next job."""
+    stack, _ = fault_stack
+    (worker, *_) = _workers(stack, 1)
+    limit = 3
+    with stack.client() as http:
+        long = {"kind": "pretrain",
+                "config": {"epochs": 50, **SLOW_EPOCHS, "max_runtime_seconds": limit}}  # fmt: skip
+        job_id = submit(http, long)["id"]
+        final = _final(stack, job_id, timeout=60)
+        assert final["status"] == "failed", (final, stack.logs())
+        assert final["error"]["code"] == "timeout", final
+        assert f"maximum runtime of {limit} s" in final["error"]["message"], final
+        checkpoints = http.get(f"/jobs/{job_id}/checkpoints").json()["items"]
+        assert checkpoints == [], checkpoints
+        next_job = submit(http, QUICK)["id"]
+    row = job_row(stack, job_id)
+    assert row.epoch < 50
+    assert limit <= (row.finished_at - row.started_at).total_seconds() < limit + 20
+    assert _final(stack, next_job)["status"] == "succeeded"
+    assert alive([worker]) == [worker]
+
+
 def _hooked_api(stack: Stack, point: str) -> tuple[Proc, Path]:
     """Replace the stack's API by one that freezes at ``point`` (:mod:`pause_in_api`)."""
     if stack.api is not None:

@@ -13,6 +13,7 @@ from models.data import load_digit_splits
 from models.lora import LoraConfig
 from models.training import TrainConfig
 from service.core.job_spec import (
+    MAX_RUNTIME_SECONDS,
     SPECS,
     FinetuneFullSpec,
     FinetuneLoraSpec,
@@ -82,6 +83,23 @@ def test_round_one_rows_take_the_values_they_ran_with() -> None:
     late = parse_stored("finetune_full", {"lr_schedule": "cosine", "dropout": 0.0})
     assert late.lr_schedule == "cosine" and late.dropout == 0.0
     assert PretrainSpec().lr_schedule == "cosine"  # new requests get today's default
+
+
+def test_max_runtime_seconds_is_bounded_and_the_smaller_limit_applies(client) -> None:
+    assert PretrainSpec().max_runtime_seconds is None  # rows before the field: no own limit
+    assert PretrainSpec().runtime_limit(None) is None
+    assert PretrainSpec().runtime_limit(60.0) == 60.0
+    assert PretrainSpec(max_runtime_seconds=30).runtime_limit(None) == 30.0
+    assert PretrainSpec(max_runtime_seconds=30).runtime_limit(60.0) == 30.0  # the smaller
+    assert PretrainSpec(max_runtime_seconds=90).runtime_limit(60.0) == 60.0
+    for bad in (0, -1, MAX_RUNTIME_SECONDS + 1, "soon"):
+        body = {"kind": "finetune_lora", "base_model_id": "mdl_x",
+                "config": {"max_runtime_seconds": bad}}  # fmt: skip
+        resp = client.post("/jobs", json=body)
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["error"]["param"] == "config.max_runtime_seconds", resp.text
+    resp = client.post("/jobs", json={"kind": "pretrain", "config": {"max_runtime": 5}})
+    assert resp.status_code == 422 and resp.json()["error"]["param"] == "config.max_runtime"
 
 
 def test_check_against_base_names_the_field() -> None:
