@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load, save_file
+from safetensors.torch import load
 
-from models.checkpoint import write_dir_atomically
+from models.checkpoint import write_dir_atomically, write_safetensors
 from models.classifier import MLPConfig, linear_shapes
 from models.lora import AdapterWeights, LoraConfig
 
@@ -66,7 +66,7 @@ def save_adapter(
     )
 
     def write(tmp: Path) -> None:
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        write_safetensors(tmp / WEIGHTS_NAME, tensors)
         (tmp / CONFIG_NAME).write_text(text)
 
     write_dir_atomically(directory, write)

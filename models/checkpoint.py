@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load, load_file, save, save_file
+from safetensors.torch import load, load_file, save
 from torch import nn
 
 from models.classifier import MLP, MLPConfig
@@ -76,6 +76,16 @@ def write_dir_atomically(directory: str | Path, write: Callable[[Path], None]) -
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write ``tensors`` as a safetensors file (metadata ``format: pt``) through Python's
+    file I/O, so that a full disk raises ``OSError`` with errno ENOSPC (safetensors' own
+    ``save_file`` raises a ``SafetensorError`` that carries no errno). The bytes are those
+    ``save_file`` writes.
+    """
+    with open(path, "wb") as f:
+        f.write(save(tensors, metadata={"format": "pt"}))
 
 
 def write_file_atomically(path: str | Path, data: bytes) -> None:
@@ -138,7 +148,7 @@ def save_model(
     tensors = _cpu_tensors(model.state_dict())
 
     def write(tmp: Path) -> None:
-        save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        write_safetensors(tmp / MODEL_FILE, tensors)
         (tmp / CONFIG_FILE).write_text(text)
 
     write_dir_atomically(directory, write)

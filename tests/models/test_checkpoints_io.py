@@ -143,7 +143,7 @@ def test_failed_model_save_leaves_previous_directory_intact(tmp_path, small_mode
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint, "save_file", crash)
+    monkeypatch.setattr(checkpoint, "write_safetensors", crash)
     with pytest.raises(OSError):
         save_model(tmp_path / "m", MLP(small_model.config), classes=(1, 2, 3))
     monkeypatch.undo()

@@ -4,6 +4,10 @@ skipped with the reason otherwise), filled to a few KB free.
 * a job whose checkpoint write hits ENOSPC ends ``failed`` with ``storage_full``; nothing it
   wrote stays (no temporary file, no checkpoint, no model); once space is freed the next job
   succeeds and its model loads;
+* a job whose training and checkpoints fit but whose final model or adapter write hits
+  ENOSPC (the disk is filled just before that write, at a fixed point of the runner) ends
+  ``failed`` with ``storage_full``: no record registered, none of its files left, and the
+  next job succeeds once space is freed;
 * ``POST /adapters`` on the full disk answers 507 ``storage_full``; nothing is registered or
   left in the artifact directory.
 """
@@ -58,13 +62,14 @@ def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
-def _job(settings) -> str:  # noqa: ANN001
-    from service.core.job_spec import PretrainSpec
+def _job(settings, kind: str = "pretrain", base_model_id: str | None = None) -> str:  # noqa: ANN001
+    from service.core.job_spec import SPECS
 
-    spec = PretrainSpec(**TINY)
+    config = TINY if kind == "pretrain" else {"epochs": 2, "max_train_samples": 300}
+    spec = SPECS[kind](**config)
     with session_scope(settings.database_url) as s:
         job = job_records.create_job(
-            s, kind="pretrain", config=spec.model_dump(mode="json"), base_model_id=None,
+            s, kind=kind, config=spec.model_dump(mode="json"), base_model_id=base_model_id,
             epochs=spec.epochs,
         )  # fmt: skip
         return job.id
@@ -90,6 +95,70 @@ def test_job_on_a_full_disk_fails_storage_full_and_leaves_nothing(migrated, smal
     with session_scope(settings.database_url) as s:
         model_id = job_records.get_job(s, job_id).result_model_id
     load_model(model_dir(settings, model_id))
+
+
+def _artifact_loads(settings, job_id: str) -> str:  # noqa: ANN001
+    """Load the succeeded job's model or adapter from its files; returns its id."""
+    from models.adapter_io import load_adapter
+    from models.checkpoint import load_model
+    from models.classifier import MLPConfig
+    from service.core.artifacts import adapter_dir, model_dir
+
+    with session_scope(settings.database_url) as s:
+        job = job_records.get_job(s, job_id)
+        assert job.status == "succeeded", job.error_message
+        model_id, adapter_id = job.result_model_id, job.result_adapter_id
+    if adapter_id:  # on a TINY pre-trained base (5 classes)
+        base = MLPConfig(hidden1=TINY["hidden1"], hidden2=TINY["hidden2"], n_classes=5)
+        load_adapter(adapter_dir(settings, adapter_id), base)
+        return adapter_id
+    load_model(model_dir(settings, model_id))
+    return model_id
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "finetune_lora"])
+def test_disk_full_at_the_final_model_or_adapter_write(
+    migrated,
+    small_disk,
+    monkeypatch,
+    kind: str,  # noqa: ANN001
+) -> None:
+    from service.db import adapter_records, model_records
+
+    settings = migrated.model_copy(update={"artifact_dir": small_disk})
+    base_id = None
+    if kind == "finetune_lora":  # a real base on the same disk (it stays)
+        base_job = _job(settings)
+        assert runner.run_job(base_job, settings, worker_id="test:1") == "succeeded"
+        base_id = _artifact_loads(settings, base_job)
+    before = _files(small_disk)
+    seen: dict[str, list[str]] = {}
+    write_artifact = runner._write_artifact
+
+    def full_before_the_final_write(run, spec, model):  # noqa: ANN001, ANN202
+        seen["checkpoints"] = _files(small_disk / "checkpoints" / run.job.id)
+        _fill(small_disk, leave=4 * 1024)  # less than the model's or adapter's weights
+        return write_artifact(run, spec, model)
+
+    monkeypatch.setattr(runner, "_write_artifact", full_before_the_final_write)
+    job_id = _job(settings, kind, base_id)
+    assert runner.run_job(job_id, settings, worker_id="test:1") == "failed"
+    assert seen["checkpoints"], "the checkpoints did not fit: the test hit the wrong write"
+    with session_scope(settings.database_url) as s:
+        job = job_records.get_job(s, job_id)
+        assert (job.status, job.error_code) == ("failed", "storage_full"), job.error_message
+        assert job.epoch == job.epochs  # training finished: it was the final write
+        assert job.result_model_id is None and job.result_adapter_id is None
+        models = [m.id for m in model_records.list_models(s)[0]]
+        assert models == ([base_id] if base_id else [])  # nothing registered
+        assert adapter_records.list_adapters(s)[1] == 0
+    assert _files(small_disk) == sorted([*before, "filler.bin"])  # none of its files left
+
+    monkeypatch.undo()
+    (small_disk / "filler.bin").unlink()  # space freed: the next job succeeds
+    job_id = _job(settings, kind, base_id)
+    assert runner.run_job(job_id, settings, worker_id="test:1") == "succeeded"
+    _artifact_loads(settings, job_id)
 
 
 def test_adapter_import_on_a_full_disk_is_507_and_leaves_nothing(migrated, small_disk) -> None:
