@@ -50,7 +50,6 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -58,12 +57,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.core import store
 from service.core.artifacts import (
-    adapter_dir,
     checkpoint_dir,
     checkpoint_file,
-    model_dir,
 )
-from service.core.errors import is_disk_full
 from service.core.job_spec import (
     FinetuneLoraSpec,
     JobSpec,
@@ -71,8 +67,7 @@ from service.core.job_spec import (
 )
 from service.core.logs import attempt_var
 from service.core.settings import Settings, get_settings
-from service.core.vocab import ADAPTER_PREFIX, MODEL_PREFIX, derived_id, model_kind_of
-from service.db import adapter_records, checkpoint_records, job_records, model_records
+from service.db import checkpoint_records, job_records
 from service.db.engine import session_factory
 from service.db.retry import retry_locked, retry_unreachable
 from service.db.tables import JobRecord
@@ -84,8 +79,10 @@ from worker import observe
 from worker.build import JobFailure, build_network, load_base_digits, load_data
 from worker.checkpoints import EpochCheckpoints
 from worker.device import resolve_device
+from worker.failure import describe_failure, runtime_deadline, runtime_limit
 from worker.lease import LeaseKeeper, StopCheck, fence_after
 from worker.remote_state import drop_state, restore_state, save_state
+from worker.results import register_artifact, select_epoch, write_artifact
 from worker.resume import prepare_resume
 from worker.shutdown import SHUTTING_DOWN, hand_back
 
@@ -97,46 +94,6 @@ CANCEL_POLL_SECONDS = 0.5
 def default_worker_id() -> str:
     """``host:pid``: names the process that holds a job's lease."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def describe_failure(exc: BaseException) -> tuple[str, str]:
-    """The ``(code, message)`` a failed job shows for ``exc``.
-
-    Codes: the :class:`JobFailure`'s own (e.g. ``data_unavailable`` when MNIST is missing);
-    ``storage_full`` (ENOSPC/EDQUOT); ``out_of_memory``; an ``AdapterError``'s code;
-    otherwise ``training_error``.
-    """
-    if isinstance(exc, JobFailure):
-        return exc.code, exc.message
-    if is_disk_full(exc):
-        return "storage_full", f"No space left in the artifact directory: {exc}"
-    if type(exc).__name__ == "OutOfMemoryError":
-        return "out_of_memory", f"Out of memory while training: {exc}"
-    code = getattr(exc, "code", None)
-    if isinstance(code, str) and code.startswith("adapter_"):
-        return code, str(exc)
-    return "training_error", f"{type(exc).__name__}: {exc}"
-
-
-def runtime_limit(job: JobRecord, settings: Settings) -> float | None:
-    """The job's maximum runtime (s): the smaller of its spec's ``max_runtime_seconds`` and
-    ``JOB_MAX_RUNTIME_SECONDS`` (:meth:`JobSpec.runtime_limit`); the setting alone for a
-    config that no longer parses (that job fails ``invalid_config`` anyway)."""
-    try:
-        spec = parse_stored(job.kind, job.config)
-    except ValueError:
-        return settings.job_max_runtime_seconds
-    return spec.runtime_limit(settings.job_max_runtime_seconds)
-
-
-def runtime_deadline(job: JobRecord, max_seconds: float | None) -> float | None:
-    """The ``time.monotonic()`` value at which ``job`` has run ``max_seconds`` since its
-    first start (``started_at``, kept across resumes); None without a limit."""
-    if max_seconds is None or job.started_at is None:
-        return None
-    started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=UTC)
-    elapsed = (datetime.now(UTC) - started).total_seconds()
-    return time.monotonic() + max_seconds - elapsed
 
 
 def _claim(
@@ -350,7 +307,7 @@ def _train_and_publish(run: _Run) -> str:
     )
     if result.cancelled:
         return _finish_stopped(run, stop.reason or stop.poll())
-    result, selected = _select(kept, spec, model, splits, result)
+    result, selected = select_epoch(kept, spec, model, splits, result)
     base_test = (  # the base's test digits as served (sweeps report it); one definition
         None
         if base_digits is None
@@ -358,88 +315,6 @@ def _train_and_publish(run: _Run) -> str:
     )
     model.cpu()
     return _publish(run, spec, model, result, selected, base_test)
-
-
-def _select(kept: EpochCheckpoints, spec: JobSpec, model: Any, splits: Any, result: Any):
-    """The epoch whose weights become the result (``select``), loaded into ``model`` and
-    tested when it is not the last one; returns (result, selected epoch)."""
-    from dataclasses import replace
-
-    from models.training import best_epoch, test_figures
-
-    last = result.epochs_completed
-    chosen = best_epoch(result.history, spec.select_metric) if spec.select == "best" else last
-    if chosen is None or chosen == last:
-        return result, last
-    kept.load_into(model, chosen)
-    test_loss, test_accuracy, errors = test_figures(model, splits.to(_device_of(model)))
-    return (
-        replace(result, test_loss=test_loss, test_accuracy=test_accuracy, per_digit_errors=errors),
-        chosen,
-    )
-
-
-def _device_of(model: Any) -> Any:
-    return next(model.parameters()).device
-
-
-def _write_artifact(run: _Run, spec: JobSpec, model: Any) -> tuple[str, str]:
-    """Write the trained adapter (PEFT layout) or model and publish it to the artifact
-    store; returns its id and ref."""
-    from models.adapter_io import save_adapter
-    from models.checkpoint import save_model
-    from models.lora import AdapterWeights
-
-    job = run.job
-    if isinstance(spec, FinetuneLoraSpec):
-        artifact_id = derived_id(ADAPTER_PREFIX, job.id)
-        directory = adapter_dir(run.settings, artifact_id)
-        adapter = AdapterWeights.from_model(model)
-        save_adapter(directory, adapter, base_model_name_or_path=job.base_model_id)
-    else:
-        artifact_id = derived_id(MODEL_PREFIX, job.id)
-        directory = model_dir(run.settings, artifact_id)
-        save_model(
-            directory, model, spec.classes, parent_id=job.base_model_id, extra={"job_id": job.id}
-        )
-    return artifact_id, store.publish(run.settings, directory)
-
-
-def _register(
-    session: Session, run: _Run, spec: JobSpec, model: Any, result: Any, artifact: tuple
-) -> None:
-    """Add the record of what the job produced (the caller commits with ``succeeded``)."""
-    from models.classifier import count_parameters
-
-    job, (artifact_id, directory) = run.job, artifact
-    if isinstance(spec, FinetuneLoraSpec):
-        adapter_records.register_adapter(
-            session,
-            adapter_id=artifact_id,
-            base_model_id=job.base_model_id or "",
-            job_id=job.id,
-            source="trained",
-            lora_config=spec.lora_config(),
-            trainable_parameters=count_parameters(model, trainable_only=True),
-            classes=spec.classes,
-            test_accuracy=result.test_accuracy,
-            path=str(directory),
-            precision=result.precision,
-        )
-    else:
-        model_records.register_model(
-            session,
-            model_id=artifact_id,
-            kind=model_kind_of(spec.kind),
-            job_id=job.id,
-            parent_id=job.base_model_id,
-            classes=spec.classes,
-            architecture=model.config.to_dict(),
-            n_parameters=count_parameters(model),
-            test_accuracy=result.test_accuracy,
-            path=str(directory),
-            precision=result.precision,
-        )
 
 
 def _publish(
@@ -466,7 +341,7 @@ def _publish(
     }
     if stop.poll():
         return _finish_stopped(run, stop.reason)
-    artifact_id, directory = artifact = _write_artifact(run, spec, model)
+    artifact_id, directory = artifact = write_artifact(run.settings, job, spec, model)
     is_adapter = isinstance(spec, FinetuneLoraSpec)
 
     def commit_success() -> tuple[bool, list[str]]:
@@ -491,7 +366,7 @@ def _publish(
                 epochs_completed=result.epochs_completed,
             )
             if done:
-                _register(session, run, spec, model, result, artifact)
+                register_artifact(session, job, spec, model, result, artifact)
                 model_id = None if is_adapter else artifact_id
                 follow_ups = sweep_plan.on_job_succeeded(session, job.id, model_id)
             else:

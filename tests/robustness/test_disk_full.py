@@ -133,14 +133,14 @@ def test_disk_full_at_the_final_model_or_adapter_write(
         base_id = _artifact_loads(settings, base_job)
     before = _files(small_disk)
     seen: dict[str, list[str]] = {}
-    write_artifact = runner._write_artifact
+    write_artifact = runner.write_artifact
 
-    def full_before_the_final_write(run, spec, model):  # noqa: ANN001, ANN202
-        seen["checkpoints"] = _files(small_disk / "checkpoints" / run.job.id)
+    def full_before_the_final_write(settings, job, spec, model):  # noqa: ANN001, ANN202
+        seen["checkpoints"] = _files(small_disk / "checkpoints" / job.id)
         _fill(small_disk, leave=4 * 1024)  # less than the model's or adapter's weights
-        return write_artifact(run, spec, model)
+        return write_artifact(settings, job, spec, model)
 
-    monkeypatch.setattr(runner, "_write_artifact", full_before_the_final_write)
+    monkeypatch.setattr(runner, "write_artifact", full_before_the_final_write)
     job_id = _job(settings, kind, base_id)
     assert runner.run_job(job_id, settings, worker_id="test:1") == "failed"
     assert seen["checkpoints"], "the checkpoints did not fit: the test hit the wrong write"

@@ -13,6 +13,7 @@ from sqlalchemy import update
 from service.core import store
 from service.core.job_spec import SPECS
 from service.core.settings import Settings
+from service.core.vocab import derived_id
 from service.db import job_records
 from service.db.engine import session_factory, session_scope
 from service.db.tables import JobRecord, utcnow
@@ -120,7 +121,7 @@ def test_gc_removes_only_unreferenced_artifacts(any_settings: Settings, http, ca
     (orphan_dir / "model.safetensors").write_bytes(b"0" * 100)
     store.publish(any_settings, orphan_dir)
     running = _job(any_settings, "pretrain", TINY)  # a queued job's future artifacts stay
-    future = any_settings.artifact_dir / "models" / runner.derived_id("mdl", running)
+    future = any_settings.artifact_dir / "models" / derived_id("mdl", running)
     future.mkdir(parents=True)
     (future / "model.safetensors").write_bytes(b"1")
     store.publish(any_settings, future)

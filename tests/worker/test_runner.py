@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.core.artifacts import checkpoint_dir, checkpoint_file, epoch_checkpoint_dir, model_dir
+from service.core.vocab import derived_id
 from service.db import job_records, model_records
 from service.db.engine import session_factory, session_scope
 from service.jobs import state as job_state
@@ -38,7 +39,7 @@ def test_pretrain_succeeds_and_registers(migrated) -> None:
     assert runner.run_job(job_id, migrated, worker_id="w") == "succeeded"
     job = _job(migrated, job_id)
     assert job.status == "succeeded" and job.attempt == 1 and job.epoch == 1
-    model_id = runner.derived_id("mdl", job_id)
+    model_id = derived_id("mdl", job_id)
     assert job.result_model_id == model_id
     assert (model_dir(migrated, model_id) / "model.safetensors").exists()
     assert not checkpoint_file(migrated, job_id).exists()  # resumable state removed after success
