@@ -20,7 +20,8 @@ import torch
 from models.lora import AdapterWeights
 from service.core.errors import ApiError
 from service.core.settings import Settings
-from service.serving.executor import BatchExecutor, BatchItem, LoadedModel, Resolved
+from service.serving.batch import BatchItem, LoadedModel, Resolved
+from service.serving.executor import BatchExecutor
 
 EVAL_BATCH = 1024  # test images per forward pass (one task on the predictor's thread)
 _NO_IMAGES = torch.empty(0, 784)

@@ -32,97 +32,35 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 
 from models.adapter_io import load_adapter
 from models.checkpoint import load_model
-from models.classifier import MLP
 from models.lora import AdapterWeights
 from models.multi_lora import AdapterBatch, enable_multi_lora
 from models.precision import resolve_precision, torch_dtype
 from service.core import store
-from service.core.errors import ApiError, adapter_model_mismatch, artifact_unavailable, not_found
+from service.core.errors import ApiError, artifact_unavailable
 from service.core.settings import Settings
 from service.db import adapter_records, model_records
 from service.db.engine import get_engine, session_factory
 from service.serving import invalidation
+from service.serving.batch import (
+    BatchItem,
+    BatchStats,
+    LoadedAdapter,
+    LoadedModel,
+    Prediction,
+    Resolved,
+    resolve_item,
+)
 from service.serving.cache import LRUCache
 from service.serving.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
 V = TypeVar("V")
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A base network in memory (eval mode, frozen, linears ready for per-sample adapters)
-    and the record facts it was loaded for."""
-
-    model_id: str
-    path: str
-    model: MLP
-    classes: tuple[int, ...]
-    dtype: torch.dtype = torch.float32
-    """The dtype its weights were cast to at load (``SERVING_PRECISION``)."""
-
-
-@dataclass(frozen=True)
-class LoadedAdapter:
-    """An adapter's weights in memory and the record facts checked on every use."""
-
-    adapter_id: str
-    base_model_id: str
-    path: str
-    weights: AdapterWeights
-    classes: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One sample's answer. ``probabilities`` maps each digit (as a string) to [0, 1]."""
-
-    digit: int
-    probabilities: dict[str, float]
-    model_id: str
-    adapter_id: str | None
-
-
-@dataclass
-class BatchItem:
-    """One request's samples: float32 ``x`` (n, 784) for ``model_id`` + ``adapter_id``."""
-
-    x: torch.Tensor
-    model_id: str | None
-    adapter_id: str | None
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """What a request names, as its records say now."""
-
-    model_id: str
-    model_path: str
-    model_classes: tuple[int, ...]
-    adapter: tuple[str, str, tuple[int, ...]] | None  # (id, path, classes)
-
-    @property
-    def classes(self) -> tuple[int, ...]:
-        """The digits of the head as served: the adapter's when one is used."""
-        return self.adapter[2] if self.adapter else self.model_classes
-
-
-@dataclass
-class BatchStats:
-    """Counters of the batches run so far; times in milliseconds."""
-
-    batches: int = 0
-    samples: int = 0
-    largest_batch: int = 0
-    forward_passes: int = 0
-    forward_ms_total: float = 0.0
 
 
 class BatchExecutor:
@@ -179,7 +117,7 @@ class BatchExecutor:
             self.forget("adapter", gone, "record deleted")
         for gone in model_ids - set(models):
             self.forget("model", gone, "record deleted")
-        return [_resolve_item(i, adapters, models, default_id) for i in items]
+        return [resolve_item(i, adapters, models, default_id) for i in items]
 
     def _default_model_id(self, session: Any) -> str | None:
         """``settings.default_model_id``, else the newest pre-trained model's id (or None)."""
@@ -382,36 +320,6 @@ class BatchExecutor:
             ]
             self.metrics.predicted(base.model_id, r.adapter[0] if r.adapter else None, n)
             offset += n
-
-
-def _resolve_item(
-    item: BatchItem, adapters: dict[str, Any], models: dict[str, Any], default_id: str | None
-) -> Resolved | ApiError:
-    """Match one request against the records read for its batch."""
-    adapter = None
-    model_id = item.model_id
-    if item.adapter_id:
-        row = adapters.get(item.adapter_id)
-        if row is None:
-            return not_found("adapter", item.adapter_id, "adapter_id")
-        if model_id is not None and row.base_model_id != model_id:
-            return adapter_model_mismatch(item.adapter_id, row.base_model_id, model_id)
-        model_id = row.base_model_id
-        adapter = (row.id, row.path, tuple(row.classes))
-    if model_id is None:
-        model_id = default_id
-        if model_id is None:
-            return ApiError(
-                404,
-                "no_model",
-                "No model_id given and no pre-trained model is registered yet "
-                "(train one with POST /jobs).",
-                "model_id",
-            )
-    row = models.get(model_id)
-    if row is None:
-        return not_found("model", model_id, "model_id")
-    return Resolved(model_id, row.path, tuple(row.classes), adapter)
 
 
 def _model_bytes(loaded: LoadedModel) -> int:

@@ -43,6 +43,7 @@ import torch
 
 from service.core.errors import ApiError
 from service.core.settings import Settings
+from service.serving.batch import BatchItem, Prediction
 from service.serving.evaluate import (
     EVAL_BATCH,
     Evaluation,
@@ -51,7 +52,7 @@ from service.serving.evaluate import (
     predict_chunk,
     score,
 )
-from service.serving.executor import BatchExecutor, BatchItem, Prediction
+from service.serving.executor import BatchExecutor
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from models.data import load_digit_splits
 from models.multi_lora import enable_multi_lora
 from models.precision import bf16_fast, bf16_support
 from models.training import TrainConfig, train
-from service.serving.executor import BatchExecutor, LoadedModel
+from service.serving.batch import LoadedModel
+from service.serving.executor import BatchExecutor
 from service.serving.images import to_model_input
 from service.serving.predictor import Predictor
 from tests.predict.conftest import sample_pixels
