@@ -58,11 +58,11 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from models.classifier import MLP, MLPConfig  # noqa: E402
 from models.data import MNIST_MEAN, MNIST_STD, load_digit_splits  # noqa: E402
+from models.evaluation import evaluate  # noqa: E402
 from models.lora import LoraConfig, inject_lora  # noqa: E402
 from models.precision import bf16_fast, bf16_support  # noqa: E402
 from models.training import (  # noqa: E402
     TrainConfig,
-    evaluate,
     make_optimizer,
     pick_device,
     train_steps,

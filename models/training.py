@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,73 +24,11 @@ from torch import nn
 
 from models.checkpoint import load_training_state, read_training_meta, save_training_state
 from models.data import DigitSplits
+from models.early_stopping import EarlyStopping
+from models.evaluation import evaluate, test_figures
 from models.precision import PRECISIONS, resolve_precision, torch_dtype
 
-EVAL_BATCH_SIZE = 8192
 LR_SCHEDULES = ("constant", "cosine")
-WATCHED_METRICS = ("val_loss", "val_accuracy")
-"""Metrics early stopping and checkpoint selection may watch: lower val_loss is better,
-higher val_accuracy is better."""
-
-
-def improves(metric: str, value: float, best: float, min_delta: float = 0.0) -> bool:
-    """Whether ``value`` of ``metric`` beats ``best`` by more than ``min_delta``."""
-    if metric == "val_loss":
-        return value < best - min_delta
-    return value > best + min_delta
-
-
-def best_epoch(history: list[EpochMetrics], metric: str = "val_loss") -> int | None:
-    """The epoch with the best ``metric`` (the earliest on ties); None for no history.
-    NaN values never win."""
-    best: EpochMetrics | None = None
-    for h in history:
-        value = getattr(h, metric)
-        if math.isnan(value):
-            continue
-        if best is None or improves(metric, value, getattr(best, metric)):
-            best = h
-    return best.epoch if best is not None else None
-
-
-@dataclass(frozen=True)
-class EarlyStopping:
-    """Stop when ``metric`` has not improved by more than ``min_delta`` for ``patience``
-    epochs in a row (the rule of Keras' and Lightning's ``EarlyStopping``).
-
-    Attributes:
-        patience: epochs without improvement tolerated, >= 1.
-        min_delta: smallest change that counts as an improvement (nats for val_loss,
-            fraction for val_accuracy), >= 0.
-        metric: ``val_loss`` (lower is better) or ``val_accuracy`` (higher is better).
-    """
-
-    patience: int
-    min_delta: float = 0.0
-    metric: str = "val_loss"
-
-    def __post_init__(self) -> None:
-        if self.patience < 1 or self.min_delta < 0 or self.metric not in WATCHED_METRICS:
-            raise ValueError(f"patience >= 1, min_delta >= 0, metric in {WATCHED_METRICS}")
-
-    def reason(self, history: list[EpochMetrics]) -> str | None:
-        """Why to stop after the last epoch of ``history``, or None to go on. Depends on
-        the history alone, so a resumed run decides as the first would have."""
-        best, since = None, 0
-        for h in history:
-            value = getattr(h, self.metric)
-            if math.isnan(value):
-                since += 1
-            elif best is None or improves(self.metric, value, best, self.min_delta):
-                best, since = value, 0
-            else:
-                since += 1
-        if since < self.patience:
-            return None
-        return (
-            f"early stop at epoch {history[-1].epoch}: {self.metric} has not improved by "
-            f"{self.min_delta:g} for {since} epochs"
-        )
 
 
 @dataclass(kw_only=True)
@@ -275,69 +212,6 @@ def train_one_epoch(
             return (total.item() / seen if seen else float("nan")), True
         total, seen = next(steps)
     return (total.item() / seen if seen else float("nan")), False
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE
-) -> tuple[float, float, torch.Tensor]:
-    """Eval-mode pass over ``x`` (N, 784) / ``y`` (N,); restores the previous mode.
-
-    Returns:
-        (mean cross-entropy, accuracy in [0, 1], predicted head indices int64 (N,) on CPU).
-        Loss and accuracy are NaN for an empty split.
-    """
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
-    preds = []
-    for start in range(0, x.shape[0], batch_size):
-        logits = model(x[start : start + batch_size])
-        loss_sum += F.cross_entropy(logits, y[start : start + batch_size], reduction="sum").double()
-        preds.append(logits.argmax(dim=1))
-    model.train(was_training)
-    n = x.shape[0]
-    if n == 0:
-        return float("nan"), float("nan"), torch.zeros(0, dtype=torch.int64)
-    pred = torch.cat(preds)
-    accuracy = (pred == y).double().mean().item()
-    return loss_sum.item() / n, accuracy, pred.cpu()
-
-
-def per_digit_errors(
-    classes: tuple[int, ...], pred: torch.Tensor, target: torch.Tensor
-) -> dict[int, int]:
-    """Misclassified samples per true digit (every digit of ``classes`` present, maybe 0)."""
-    wrong = target.cpu()[pred.cpu() != target.cpu()]
-    counts = torch.bincount(wrong, minlength=len(classes))
-    return {digit: int(counts[i]) for i, digit in enumerate(classes)}
-
-
-def test_figures(model: nn.Module, splits: DigitSplits) -> tuple[float, float, dict[int, int]]:
-    """(mean test cross-entropy in nats, test accuracy in [0, 1], errors per digit) of
-    ``model`` on ``splits``' test split (on the device the split is on)."""
-    test_loss, test_accuracy, pred = evaluate(model, splits.test_x, splits.test_y)
-    return test_loss, test_accuracy, per_digit_errors(splits.classes, pred, splits.test_y)
-
-
-def base_digits_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Accuracy (in [0, 1]) on the base model's digits "as served": the one definition of
-    what a fine-tune forgot, used per epoch by the worker and, on the test split, by the
-    comparison (``POST /evaluate``) and sweeps.
-
-    * A plain MLP (a full fine-tune): the network itself, its head read through the base's
-      classes (output ``i`` = the base's ``classes[i]``), as the seed notebook measures it.
-    * A LoRA-injected MLP: the base with the adapter switched off (what serving the base
-      model alone answers); unchanged by training, by construction.
-
-    Args:
-        x: (N, 784) normalised images of the base's digits; y: (N,) indices into the
-            base's classes.
-    """
-    from models.lora import disable_adapters, lora_layers
-
-    with disable_adapters(model) if lora_layers(model) else nullcontext():
-        return evaluate(model, x, y)[1]
 
 
 def train(

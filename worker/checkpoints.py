@@ -30,7 +30,7 @@ from service.jobs import events
 def kept_epochs(metrics_by_epoch: dict[int, dict[str, float]], keep: int, metric: str) -> set[int]:
     """The epochs to keep: the ``keep`` most recent, plus the best by ``metric``
     (lowest ``val_loss`` / highest ``val_accuracy``; the earliest on ties)."""
-    from models.training import improves
+    from models.early_stopping import improves
 
     epochs = sorted(metrics_by_epoch)
     kept = set(epochs[-keep:])

@@ -33,7 +33,8 @@ def select_epoch(
     """
     from dataclasses import replace
 
-    from models.training import best_epoch, test_figures
+    from models.early_stopping import best_epoch
+    from models.evaluation import test_figures
 
     last = result.epochs_completed
     chosen = best_epoch(result.history, spec.select_metric) if spec.select == "best" else last

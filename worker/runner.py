@@ -15,7 +15,7 @@ run a job in-process. The steps:
    ``should_stop`` that asks the database for ``cancel_requested`` at most every
    ``CANCEL_POLL_SECONDS``. After every epoch the callback measures, for fine-tunes, the
    accuracy on the base's digits as served (``base_val_accuracy``, see
-   ``models.training.base_digits_accuracy``), writes the epoch's weights as a kept
+   ``models.evaluation.base_digits_accuracy``), writes the epoch's weights as a kept
    checkpoint (:mod:`worker.checkpoints`), and records in one transaction the epoch's
    metrics, its ``metrics`` and ``checkpoint`` events, the checkpoint's record and the
    progress; then drops checkpoints beyond the last ``keep_checkpoints`` plus the best.
@@ -235,7 +235,8 @@ def _finish_stopped(run: _Run, reason: str | None) -> str:
 
 
 def _train_and_publish(run: _Run) -> str:
-    from models.training import base_digits_accuracy, train
+    from models.evaluation import base_digits_accuracy
+    from models.training import train
 
     job, stop = run.job, run.stop
     spec = job_spec_of(job)

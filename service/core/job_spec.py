@@ -45,9 +45,10 @@ from pydantic import (
 from pydantic_core import InitErrorDetails
 
 from models.classifier import LINEAR_NAMES, MLPConfig, linear_shapes
+from models.early_stopping import WATCHED_METRICS, EarlyStopping
 from models.lora import LoraConfig
 from models.precision import PRECISIONS
-from models.training import LR_SCHEDULES, WATCHED_METRICS, EarlyStopping, TrainConfig
+from models.training import LR_SCHEDULES, TrainConfig
 from service.core.vocab import JOB_KINDS, MAX_ID_LENGTH, DigitList, JobKind, refuse_both_names
 
 MAX_EPOCHS = 500

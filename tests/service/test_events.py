@@ -14,7 +14,8 @@ from collections import Counter
 
 import pytest
 
-from models.training import EarlyStopping, EpochMetrics, best_epoch
+from models.early_stopping import EarlyStopping, best_epoch
+from models.training import EpochMetrics
 from service.db import event_records
 from service.db.engine import session_scope
 from service.jobs import leases

@@ -7,7 +7,7 @@ Per variant, over its succeeded jobs (every seed, and every base with ``base_see
 * ``test_accuracy``: the job's test accuracy on its own digits (5-9 for the fine-tunes and
   the ceiling), from the epoch the job selected;
 * ``base_accuracy``: accuracy on the base's test digits **as served**, the one definition
-  of ``models.training.base_digits_accuracy`` measured by the worker at the job's end
+  of ``models.evaluation.base_digits_accuracy`` measured by the worker at the job's end
   (``test_metrics.base_test_accuracy``): for LoRA the base alone (the adapter never
   touches it), for a full fine-tune the fine-tuned network read through the base's classes;
   none for a ``pretrain`` variant;
