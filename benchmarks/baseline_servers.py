@@ -51,15 +51,22 @@ def _base_model() -> torch.nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def create_plain_app() -> FastAPI:
-    """(f): one forward pass of the base model per request, in the threadpool."""
-    torch.set_num_threads(1)
-    model = _base_model()
+def _app_with_ping() -> FastAPI:
+    """A bare FastAPI app with the same ``GET /predict/ping`` as the service (phase (a))."""
     app = FastAPI()
 
     @app.get("/predict/ping")
     def ping() -> dict[str, str]:
         return {"status": "ok"}
+
+    return app
+
+
+def create_plain_app() -> FastAPI:
+    """(f): one forward pass of the base model per request, in the threadpool."""
+    torch.set_num_threads(1)
+    model = _base_model()
+    app = _app_with_ping()
 
     @app.post("/predict")
     def predict(body: dict[str, Any]) -> dict[str, Any]:
@@ -81,11 +88,7 @@ def create_peft_app() -> FastAPI:
         model.load_adapter(directory, adapter_name=adapter_id)
     model.eval()
     lock = threading.Lock()
-    app = FastAPI()
-
-    @app.get("/predict/ping")
-    def ping() -> dict[str, str]:
-        return {"status": "ok"}
+    app = _app_with_ping()
 
     @app.post("/predict")
     def predict(body: dict[str, Any]) -> dict[str, Any]:
