@@ -24,6 +24,7 @@ from svc_helpers import SMALL_ARCH, add_model, error_of
 
 from service.db import job_records
 from service.db.engine import session_scope
+from tests.job_rows import queue_job_row
 from worker import runner
 
 TINY = {"epochs": 2, "hidden1": 16, "hidden2": 16, "max_train_samples": 300}
@@ -63,16 +64,8 @@ def _files(root: Path) -> list[str]:
 
 
 def _job(settings, kind: str = "pretrain", base_model_id: str | None = None) -> str:  # noqa: ANN001
-    from service.core.job_spec import SPECS
-
     config = TINY if kind == "pretrain" else {"epochs": 2, "max_train_samples": 300}
-    spec = SPECS[kind](**config)
-    with session_scope(settings.database_url) as s:
-        job = job_records.create_job(
-            s, kind=kind, config=spec.model_dump(mode="json"), base_model_id=base_model_id,
-            epochs=spec.epochs,
-        )  # fmt: skip
-        return job.id
+    return queue_job_row(settings, kind, config, base_model_id)
 
 
 def test_job_on_a_full_disk_fails_storage_full_and_leaves_nothing(migrated, small_disk) -> None:

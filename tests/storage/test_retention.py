@@ -11,13 +11,13 @@ import pytest
 from sqlalchemy import update
 
 from service.core import store
-from service.core.job_spec import SPECS
 from service.core.settings import Settings
 from service.core.vocab import derived_id
 from service.db import job_records
 from service.db.engine import session_factory, session_scope
 from service.db.tables import JobRecord, utcnow
 from service.jobs.retention import collect_garbage
+from tests.job_rows import queue_job_row
 from worker import runner
 
 TINY = {"epochs": 1, "hidden1": 16, "hidden2": 16, "max_train_samples": 300}
@@ -44,14 +44,7 @@ def http(any_settings: Settings) -> Iterator:
         yield client
 
 
-def _job(settings: Settings, kind: str, config: dict, base: str | None = None) -> str:
-    spec = SPECS[kind](**config)
-    with session_scope(settings.database_url) as s:
-        job = job_records.create_job(
-            s, kind=kind, config=spec.model_dump(mode="json"), base_model_id=base,
-            epochs=spec.epochs,
-        )  # fmt: skip
-        return job.id
+_job = queue_job_row
 
 
 def _run(settings: Settings, kind: str, config: dict, base: str | None = None) -> JobRecord:

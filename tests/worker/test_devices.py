@@ -21,6 +21,7 @@ from service.db.engine import session_scope
 from service.db.job_devices import device_of_job
 from service.db.tables import JobRecord, utcnow
 from service.jobs.queue import queue_for_device, worker_queues
+from tests.job_rows import queue_job_row
 from worker import reaper, runner
 from worker.device import startup_problem
 
@@ -29,13 +30,7 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a host wi
 
 
 def _submit(settings, config: dict) -> str:  # noqa: ANN001
-    spec = SPECS["pretrain"](**config)
-    with session_scope(settings.database_url) as s:
-        job = job_records.create_job(
-            s, kind="pretrain", config=spec.model_dump(mode="json"), base_model_id=None,
-            epochs=spec.epochs,
-        )  # fmt: skip
-        return job.id
+    return queue_job_row(settings, "pretrain", config)
 
 
 def _job(settings, job_id: str):  # noqa: ANN001, ANN202

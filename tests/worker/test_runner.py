@@ -12,21 +12,13 @@ from service.core.vocab import derived_id
 from service.db import job_records, model_records
 from service.db.engine import session_factory, session_scope
 from service.jobs import state as job_state
+from tests.job_rows import queue_job_row
 from worker import build, runner
 
 TINY = {"epochs": 1, "hidden1": 16, "hidden2": 16, "max_train_samples": 500}
 
 
-def _submit(settings, kind: str = "pretrain", config: dict | None = None, base=None) -> str:  # noqa: ANN001
-    from service.core.job_spec import SPECS
-
-    cfg = SPECS[kind](**(config or {}))
-    with session_scope(settings.database_url) as s:
-        job = job_records.create_job(
-            s, kind=kind, config=cfg.model_dump(mode="json"), base_model_id=base,
-            epochs=cfg.epochs,
-        )  # fmt: skip
-        return job.id
+_submit = queue_job_row
 
 
 def _job(settings, job_id: str):  # noqa: ANN001, ANN202
