@@ -267,13 +267,15 @@ class Stack:
 
 
 @contextmanager
-def running_stack(backend: Backend, root: Path) -> Iterator[Stack]:
-    """Migrate, start the API and one worker; on exit stop them and clean the backend up."""
+def running_stack(backend: Backend, root: Path, workers: int = 1) -> Iterator[Stack]:
+    """Migrate, start the API and ``workers`` workers; on exit stop them and clean the
+    backend up."""
     stack = Stack(backend, root)
     try:
         stack.migrate()
         stack.start_api()
-        stack.start_worker()
+        for _ in range(workers):
+            stack.start_worker()
         yield stack
     finally:
         stack.stop()

@@ -42,6 +42,7 @@ from e2e_stack import (  # noqa: E402
     embedded_backend,
     mnist_dir,
     postgres_redis_backend,
+    running_stack,
     services_reachable,
 )
 
@@ -52,28 +53,16 @@ def redis_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if not services_reachable():
         pytest.skip("Postgres and Redis are not running on 127.0.0.1")
     root = tmp_path_factory.mktemp("robust_pg")
-    backend = postgres_redis_backend(root, mnist_dir())
-    stack = Stack(backend, root)
-    try:
-        stack.migrate()
-        stack.start_api()
+    with running_stack(postgres_redis_backend(root, mnist_dir()), root, workers=0) as stack:
         yield stack
-    finally:
-        stack.stop()
-        backend.cleanup()
 
 
 @pytest.fixture(scope="module")
 def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """SQLite database + SQLite broker, the API running, no worker yet."""
     root = tmp_path_factory.mktemp("robust_sqlite")
-    stack = Stack(embedded_backend(root, mnist_dir()), root)
-    try:
-        stack.migrate()
-        stack.start_api()
+    with running_stack(embedded_backend(root, mnist_dir()), root, workers=0) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 (pytest's reporter)

@@ -25,6 +25,7 @@ from e2e_stack import (
     Stack,
     mnist_dir,
     postgres_redis_backend,
+    running_stack,
     services_reachable,
     start,
     submit,
@@ -69,14 +70,10 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stac
     redis = RedisServer(root / "redis").start()
     backend = postgres_redis_backend(root, mnist_dir())
     backend.env.update(BROKER_URL=redis.url, **FAULT_ENV)
-    stack = Stack(backend, root)
     try:
-        stack.migrate()
-        stack.start_api()
-        yield stack, redis
+        with running_stack(backend, root, workers=0) as stack:
+            yield stack, redis
     finally:
-        stack.stop()
-        backend.cleanup()
         redis.stop()
 
 

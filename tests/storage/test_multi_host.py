@@ -18,7 +18,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_stack import Stack, mnist_dir, postgres_redis_backend, services_reachable, submit, watch
+from e2e_stack import (
+    Stack,
+    mnist_dir,
+    postgres_redis_backend,
+    running_stack,
+    services_reachable,
+    submit,
+    watch,
+)
 from s3_server import S3Server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -39,14 +47,8 @@ def hosts(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iter
     backend.env.update(s3_server.env(s3_server.new_bucket()))
     backend.env["ARTIFACT_DIR"] = str(root / "host-api")
     backend.env["ARTIFACT_CACHE_BYTES"] = str(API_CACHE_BYTES)
-    stack = Stack(backend, root)
-    try:
-        stack.migrate()
-        stack.start_api()
+    with running_stack(backend, root, workers=0) as stack:
         yield stack
-    finally:
-        stack.stop()
-        backend.cleanup()
 
 
 def _files(directory: Path, sub: str) -> list[Path]:
