@@ -60,3 +60,27 @@ def test_set_dropout_changes_training_noise_not_the_architecture():
     assert model.config.dropout == 0.5
     with pytest.raises(ValueError):
         model.set_dropout(1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_half_rate_dropout_keeps_fair_independent_coins(dtype):
+    """p = 0.5 takes one random bit per element: kept half the time, scaled by 2, no
+    pattern across neighbours (bits of one byte) or across calls."""
+    torch.manual_seed(0)
+    drop = Dropout(0.5)
+    x = torch.ones(3, 1001, 37, dtype=dtype, requires_grad=True)  # n not a multiple of 64
+    y = drop(x)
+    assert y.shape == x.shape and y.dtype == dtype
+    kept = y != 0
+    assert set(y.detach().float().unique().tolist()) == {0.0, 2.0}
+    assert abs(kept.float().mean().item() - 0.5) < 0.005
+    flat = kept.flatten().float()
+    # neighbouring elements (same byte, or adjacent bytes) are uncorrelated
+    for lag in (1, 7, 8, 64):
+        corr = torch.corrcoef(torch.stack([flat[:-lag], flat[lag:]]))[0, 1]
+        assert abs(corr.item()) < 0.01, lag
+    assert not torch.equal(kept, drop(x) != 0)  # a fresh mask per call
+    y.float().sum().backward()
+    torch.testing.assert_close(x.grad.float(), kept.float() * 2)
+    torch.manual_seed(0)
+    assert torch.equal(Dropout(0.5)(x) != 0, kept)  # reproducible from the seed
