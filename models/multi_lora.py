@@ -19,7 +19,8 @@ evaluation and training all run through it.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -48,13 +49,26 @@ class AdapterBatch:
     per-adapter form (gather the adapter's rows, ``B (A x)``, scatter-add) stays: there the
     stacking copies cost more than they save (2.6-3.5 ms vs 2.4-3.2 ms).
 
+    With an :class:`AdapterBank` holding every adapter of the batch, the stacks are the
+    bank's, built once when the bank was (not per batch), and the grouped product serves
+    both dtypes: 16 r=8 adapters mixed in a batch of 16 on 2 cores took 2.6-3.4 ms per
+    float32 pass (per-adapter form: 5.0-5.2 ms; the base alone 2.1-2.4 ms) and 1.3-1.9 ms
+    in bf16 (stacking per batch: 2.4-3.5 ms). Only the (B, sum r_i) mask is built per batch.
+
     Args:
         adapters: length B, one entry per sample: an adapter, or None for the base alone.
             The same object may repeat; samples are grouped by identity.
         device: where the row indices live (the batch's device).
+        bank: pre-stacked adapters (optional); used when it holds every adapter of the batch
+            (same objects), ignored otherwise.
     """
 
-    def __init__(self, adapters: Sequence[AdapterWeights | None], device: torch.device) -> None:
+    def __init__(
+        self,
+        adapters: Sequence[AdapterWeights | None],
+        device: torch.device,
+        bank: AdapterBank | None = None,
+    ) -> None:
         rows: dict[int, tuple[AdapterWeights, list[int]]] = {}
         for i, adapter in enumerate(adapters):
             if adapter is not None:
@@ -67,6 +81,12 @@ class AdapterBatch:
             [slot[id(a)] if a is not None else -1 for a in adapters], device=device
         )
         self._stacks: dict[tuple[str, torch.dtype], tuple[torch.Tensor, ...] | None] = {}
+        self.bank = bank if bank is not None and bank.holds(a for a, _ in rows.values()) else None
+        if self.bank is not None:
+            self._bank_slots = torch.tensor(
+                [self.bank.slot[id(a)] if a is not None else -1 for a in adapters],
+                device=device,
+            )
 
     def _stack(self, name: str, dtype: torch.dtype, device: torch.device):
         """(A_cat, B_cat, mask) of layer ``name`` (see the class), None when no adapter of
@@ -102,6 +122,15 @@ class AdapterBatch:
         Returns:
             ``out``, with ``scaling_i * B_i (A_i x)`` added to the rows of adapter ``i``.
         """
+        if self.bank is not None:
+            layer = self.bank.layers.get(name)
+            if layer is None or layer.a_cat.dtype != x.dtype:
+                return self._add_deltas_unbanked(name, x, out) if layer else out
+            mask = (self._bank_slots[:, None] == layer.owner[None, :]).to(x.dtype)
+            return out.addmm_(F.linear(x, layer.a_cat).mul_(mask.mul_(layer.scale)), layer.b_rows)
+        return self._add_deltas_unbanked(name, x, out)
+
+    def _add_deltas_unbanked(self, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
             for adapter, rows in self.groups:
                 if name in adapter.A:
@@ -115,6 +144,58 @@ class AdapterBatch:
             return out
         a_cat, b_cat, mask = stack
         return out.addmm_(F.linear(x, a_cat).mul_(mask), b_cat.t())
+
+
+@dataclass(frozen=True)
+class _BankLayer:
+    """One layer's stacks in an :class:`AdapterBank` (R = sum of the ranks targeting it)."""
+
+    a_cat: torch.Tensor  # (R, in_features): the adapters' A matrices, stacked
+    b_rows: torch.Tensor  # (R, out_features): their B matrices transposed, stacked
+    owner: torch.Tensor  # (R,) int64: the bank slot of each row's adapter
+    scale: torch.Tensor  # (R,) in the stacks' dtype: that adapter's scaling
+
+
+class AdapterBank:
+    """The adapters a server holds for one base model, pre-stacked for the grouped product.
+
+    Per layer: ``A_cat`` (sum r_i, in), ``B`` transposed and stacked into (sum r_i, out),
+    contiguous (a contiguous right operand: a transposed view measured up to 2x slower in
+    bf16 on this CPU), each row's owner slot and ``scaling``. :class:`AdapterBatch` then
+    builds only its row mask per batch. Immutable: when the set of adapters changes, build a
+    new bank (tensors stay where and in the dtype the adapters have; cast them first).
+
+    Args:
+        adapters: the adapters, all of one base model; slot ``k`` is ``adapters[k]``.
+            Duplicates (the same object) are kept once.
+    """
+
+    def __init__(self, adapters: Sequence[AdapterWeights]) -> None:
+        unique = list({id(a): a for a in adapters}.values())
+        self.adapters: tuple[AdapterWeights, ...] = tuple(unique)
+        self.slot: dict[int, int] = {id(a): k for k, a in enumerate(unique)}
+        self.layers: dict[str, _BankLayer] = {}
+        for name in LINEAR_NAMES:
+            members = [(k, a) for k, a in enumerate(unique) if name in a.A]
+            if not members:
+                continue
+            a_cat = torch.cat([a.A[name] for _, a in members]).contiguous()
+            b_rows = torch.cat([a.B[name].t() for _, a in members]).contiguous()
+            owner = torch.tensor([k for k, a in members for _ in range(a.A[name].shape[0])])
+            scale = torch.tensor(
+                [a.scaling for _, a in members for _ in range(a.A[name].shape[0])],
+                dtype=a_cat.dtype,
+            )
+            self.layers[name] = _BankLayer(
+                a_cat, b_rows, owner.to(a_cat.device), scale.to(a_cat.device)
+            )
+
+    def holds(self, adapters: Iterable[AdapterWeights]) -> bool:
+        """Whether every adapter given (by identity) has a slot here."""
+        return all(id(a) in self.slot and self.adapters[self.slot[id(a)]] is a for a in adapters)
+
+    def __len__(self) -> int:
+        return len(self.adapters)
 
 
 class MultiLoraLinear(nn.Module):

@@ -97,6 +97,11 @@ class LRUCache(Generic[V]):
         with self._lock:
             return list(self._entries)
 
+    def values(self) -> list[V]:
+        """Resident values, least recently used first (their recency is not changed)."""
+        with self._lock:
+            return [entry.value for entry in self._entries.values()]
+
     def get(self, key: Hashable) -> V | None:
         """The resident value for ``key`` (marked most recently used), or None."""
         with self._lock:

@@ -14,8 +14,10 @@
    ``torch.inference_mode``: ``W x + b + scaling_i * B_i (A_i x)`` with each sample's own
    adapter (Hu et al. 2021, eq. 3); base weights are only read, never merged into. A batch
    needing more distinct adapters than the cache holds is split so that no pass holds more
-   than ``adapter_cache_size`` adapters;
-   In ``SERVING_PRECISION`` bf16 (:mod:`models.precision`) the networks and adapters are
+   than ``adapter_cache_size`` adapters. The adapter products of a pass are one grouped
+   low-rank product over the model's :class:`models.multi_lora.AdapterBank` (the resident
+   adapters pre-stacked, rebuilt only when a batch needs one it lacks);
+   in ``SERVING_PRECISION`` bf16 (:mod:`models.precision`) the networks and adapters are
    cast to bfloat16 once, when loaded into the cache, and each batch's input once per
    pass; the logits are cast back to float32 before the softmax;
 4. turns logits into probabilities (softmax) mapped through the record's ``classes`` (the
@@ -39,7 +41,7 @@ import torch
 from models.adapter_io import load_adapter
 from models.checkpoint import load_model
 from models.lora import AdapterWeights
-from models.multi_lora import AdapterBatch, enable_multi_lora
+from models.multi_lora import AdapterBank, AdapterBatch, enable_multi_lora
 from models.precision import resolve_precision, torch_dtype
 from service.core import store
 from service.core.errors import ApiError, artifact_unavailable
@@ -86,6 +88,7 @@ class BatchExecutor:
         self.dtype = torch_dtype(self.precision)
         self.engine = get_engine(settings.database_url)
         self._sessions = session_factory(settings.database_url)
+        self._banks: dict[str, AdapterBank] = {}
         invalidation.watch(self)
 
     def forget(self, kind: str, record_id: str, reason: str) -> bool:
@@ -208,14 +211,40 @@ class BatchExecutor:
             self.forget(kind, key, "record changed")
         return cache.get_or_load(key, load)
 
+    def bank(self, base: LoadedModel, needed: Sequence[AdapterWeights]) -> AdapterBank:
+        """The pre-stacked adapters of ``base`` (:class:`models.multi_lora.AdapterBank`):
+        every resident adapter of that model, so that a batch only builds its row mask.
+
+        Rebuilt (once, on this thread) when a batch needs an adapter the current bank lacks:
+        one just loaded, or reloaded after a change (a new object). An evicted adapter's
+        stacks stay in the bank until the next rebuild, so the bank holds at most about one
+        cache's worth of adapters beyond what is resident. Banks of models no longer
+        resident are dropped then.
+        """
+        bank = self._banks.get(base.model_id)
+        if bank is not None and bank.holds(needed):
+            return bank
+        resident = [a.weights for a in self.adapters.values() if a.base_model_id == base.model_id]
+        bank = AdapterBank([*resident, *needed])
+        models = set(self.models.keys())
+        self._banks = {k: v for k, v in self._banks.items() if k in models}
+        self._banks[base.model_id] = bank
+        return bank
+
     @staticmethod
-    def forward(base: LoadedModel, x: torch.Tensor, per_sample: Sequence[Any]) -> torch.Tensor:
+    def forward(
+        base: LoadedModel,
+        x: torch.Tensor,
+        per_sample: Sequence[Any],
+        bank: AdapterBank | None = None,
+    ) -> torch.Tensor:
         """Float32 logits (B, n_classes) of float32 ``x`` (B, 784), sample ``i`` with adapter
         weights ``per_sample[i]`` (None: the base alone), through ``MLP.forward`` in the
-        dtype ``base.dtype`` (``x`` is cast to it, the logits back)."""
+        dtype ``base.dtype`` (``x`` is cast to it, the logits back); ``bank``: pre-stacked
+        adapters holding those of ``per_sample`` (see :meth:`bank`), optional."""
         with torch.inference_mode():
-            out = base.model(x.to(base.dtype), adapters=AdapterBatch(per_sample, x.device))
-            return out.float()
+            adapters = AdapterBatch(per_sample, x.device, bank)
+            return base.model(x.to(base.dtype), adapters=adapters).float()
 
     # ---------------------------------------------------------------- micro-batches
 
@@ -297,8 +326,10 @@ class BatchExecutor:
             run.append(i)
         if not run:
             return
+        used = list({id(w): w for w in per_sample if w is not None}.values())
+        bank = self.bank(base, used) if used else None
         start = time.perf_counter()
-        probs = torch.softmax(self.forward(base, torch.cat(xs), per_sample), dim=1)
+        probs = torch.softmax(self.forward(base, torch.cat(xs), per_sample, bank), dim=1)
         top = probs.argmax(dim=1).tolist()
         rows = probs.tolist()
         seconds = time.perf_counter() - start

@@ -316,3 +316,36 @@ def test_aclose_fails_queued_requests_with_503(registered, migrated, images) -> 
         assert err.value.status == 503 and predictor.closed
 
     run(scenario())
+
+
+def test_mixed_batches_share_one_adapter_bank_until_a_new_adapter_arrives(
+    registered, migrated, images
+) -> None:
+    """The executor pre-stacks the resident adapters of a model once (AdapterBank): batches
+    over those adapters reuse it, one needing another adapter rebuilds it with every
+    resident adapter, and the answers equal the per-sample reference (1e-5)."""
+    from service.serving.batch import BatchItem
+    from service.serving.executor import BatchExecutor
+
+    executor = BatchExecutor(migrated)
+    _, base, _ = registered.models["base"]
+
+    def served(choices: list[str]) -> torch.Tensor:
+        items = [BatchItem(images[i : i + 1], "base", a) for i, a in enumerate(choices)]
+        results = executor.run(items)
+        return torch.stack([probs(r[0]) for r in results])
+
+    def reference(choices: list[str]) -> torch.Tensor:
+        weights = [registered.adapters[a][1] for a in choices]
+        return torch.softmax(forward_with_adapters(base, images[: len(choices)], weights), 1)
+
+    first = ["ad0", "ad1", "ad0", "ad1"]
+    torch.testing.assert_close(served(first), reference(first), atol=1e-5, rtol=0)
+    bank = executor._banks["base"]
+    assert len(bank) == 2
+    torch.testing.assert_close(served(["ad1", "ad0"]), reference(["ad1", "ad0"]), atol=1e-5, rtol=0)
+    assert executor._banks["base"] is bank  # same adapters: no restacking
+    more = ["ad2", "ad0", "ad3"]
+    torch.testing.assert_close(served(more), reference(more), atol=1e-5, rtol=0)
+    rebuilt = executor._banks["base"]
+    assert rebuilt is not bank and len(rebuilt) == 4  # every resident adapter of "base"
