@@ -76,41 +76,28 @@ class AdapterBatch:
         self.groups: list[tuple[AdapterWeights, torch.Tensor]] = [
             (adapter, torch.tensor(idx, device=device)) for adapter, idx in rows.values()
         ]
-        slot = {key: k for k, key in enumerate(rows)}
-        self._slots = torch.tensor(
-            [slot[id(a)] if a is not None else -1 for a in adapters], device=device
-        )
-        self._stacks: dict[tuple[str, torch.dtype], tuple[torch.Tensor, ...] | None] = {}
-        self.bank = bank if bank is not None and bank.holds(a for a, _ in rows.values()) else None
+        self._adapters = list(adapters)
+        self._device = device
+        held = bank is not None and bank.holds(a for a, _ in rows.values())
+        self.bank = bank if held else None
+        self._banks: dict[torch.dtype, tuple[AdapterBank, torch.Tensor]] = {}
         if self.bank is not None:
-            self._bank_slots = torch.tensor(
-                [self.bank.slot[id(a)] if a is not None else -1 for a in adapters],
-                device=device,
-            )
+            self._banks[self.bank.dtype] = (self.bank, self._slots_in(self.bank))
 
-    def _stack(self, name: str, dtype: torch.dtype, device: torch.device):
-        """(A_cat, B_cat, mask) of layer ``name`` (see the class), None when no adapter of
-        the batch targets it."""
-        key = (name, dtype)
-        if key not in self._stacks:
-            members = [(a, rows) for a, rows in self.groups if name in a.A]
-            if not members:
-                self._stacks[key] = None
-            else:
-                a_cat = torch.cat([a.A[name] for a, _ in members]).to(device=device, dtype=dtype)
-                b_cat = torch.cat([a.B[name] for a, _ in members], dim=1).to(
-                    device=device, dtype=dtype
-                )
-                owner, scale = [], []
-                for k, (adapter, _) in enumerate(self.groups):
-                    if name in adapter.A:
-                        owner += [k] * adapter.A[name].shape[0]
-                        scale += [adapter.scaling] * adapter.A[name].shape[0]
-                owner_t = torch.tensor(owner, device=device)
-                scale_t = torch.tensor(scale, device=device, dtype=dtype)
-                mask = (self._slots[:, None] == owner_t[None, :]).to(dtype).mul_(scale_t)
-                self._stacks[key] = (a_cat, b_cat, mask)
-        return self._stacks[key]
+    def _slots_in(self, bank: AdapterBank) -> torch.Tensor:
+        """(B,) int64: each sample's slot in ``bank``, -1 for no adapter."""
+        return torch.tensor(
+            [bank.slot[id(a)] if a is not None else -1 for a in self._adapters],
+            device=self._device,
+        )
+
+    def _bank_for(self, dtype: torch.dtype) -> tuple[AdapterBank, torch.Tensor]:
+        """The bank in ``dtype`` (the one given, else this batch's adapters stacked once
+        per batch and dtype) and the samples' slots in it."""
+        if dtype not in self._banks:
+            bank = AdapterBank([a for a, _ in self.groups], dtype=dtype, device=self._device)
+            self._banks[dtype] = (bank, self._slots_in(bank))
+        return self._banks[dtype]
 
     def add_deltas(self, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Add each adapter's update of layer ``name`` to its rows of ``out``, in place.
@@ -122,16 +109,7 @@ class AdapterBatch:
         Returns:
             ``out``, with ``scaling_i * B_i (A_i x)`` added to the rows of adapter ``i``.
         """
-        if self.bank is not None:
-            layer = self.bank.layers.get(name)
-            if layer is None or layer.a_cat.dtype != x.dtype:
-                return self._add_deltas_unbanked(name, x, out) if layer else out
-            mask = (self._bank_slots[:, None] == layer.owner[None, :]).to(x.dtype)
-            return out.addmm_(F.linear(x, layer.a_cat).mul_(mask.mul_(layer.scale)), layer.b_rows)
-        return self._add_deltas_unbanked(name, x, out)
-
-    def _add_deltas_unbanked(self, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:
+        if x.dtype == torch.float32 and x.dtype not in self._banks:
             for adapter, rows in self.groups:
                 if name in adapter.A:
                     a = adapter.A[name].to(device=x.device, dtype=x.dtype)
@@ -139,11 +117,12 @@ class AdapterBatch:
                     delta = F.linear(F.linear(x.index_select(0, rows), a), b) * adapter.scaling
                     out.index_add_(0, rows, delta)
             return out
-        stack = self._stack(name, x.dtype, x.device)
-        if stack is None:
+        bank, slots = self._bank_for(x.dtype)
+        layer = bank.layers.get(name)
+        if layer is None:
             return out
-        a_cat, b_cat, mask = stack
-        return out.addmm_(F.linear(x, a_cat).mul_(mask), b_cat.t())
+        mask = (slots[:, None] == layer.owner[None, :]).to(x.dtype).mul_(layer.scale)
+        return out.addmm_(F.linear(x, layer.a_cat).mul_(mask), layer.b_rows)
 
 
 @dataclass(frozen=True)
@@ -168,19 +147,29 @@ class AdapterBank:
     Args:
         adapters: the adapters, all of one base model; slot ``k`` is ``adapters[k]``.
             Duplicates (the same object) are kept once.
+        dtype, device: where the stacks go (default: the adapters' own dtype and device).
     """
 
-    def __init__(self, adapters: Sequence[AdapterWeights]) -> None:
+    def __init__(
+        self,
+        adapters: Sequence[AdapterWeights],
+        dtype: torch.dtype | None = None,
+        device: torch.device | None = None,
+    ) -> None:
         unique = list({id(a): a for a in adapters}.values())
         self.adapters: tuple[AdapterWeights, ...] = tuple(unique)
         self.slot: dict[int, int] = {id(a): k for k, a in enumerate(unique)}
+        first = next(iter(unique[0].A.values())) if unique else torch.empty(0)
+        self.dtype: torch.dtype = dtype or first.dtype
         self.layers: dict[str, _BankLayer] = {}
         for name in LINEAR_NAMES:
             members = [(k, a) for k, a in enumerate(unique) if name in a.A]
             if not members:
                 continue
-            a_cat = torch.cat([a.A[name] for _, a in members]).contiguous()
-            b_rows = torch.cat([a.B[name].t() for _, a in members]).contiguous()
+            a_cat = torch.cat([a.A[name] for _, a in members])
+            a_cat = a_cat.to(device=device or a_cat.device, dtype=self.dtype).contiguous()
+            b_rows = torch.cat([a.B[name].t() for _, a in members])
+            b_rows = b_rows.to(device=a_cat.device, dtype=self.dtype).contiguous()
             owner = torch.tensor([k for k, a in members for _ in range(a.A[name].shape[0])])
             scale = torch.tensor(
                 [a.scaling for _, a in members for _ in range(a.A[name].shape[0])],
