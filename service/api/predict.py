@@ -26,33 +26,31 @@ Also ``GET /predict/ping`` (a constant: the benchmark's HTTP ceiling) and
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.deps import get_predictor
 from service.api.errors import ErrorResponse
+from service.api.predict_json import PredictRequest, read_json_body
 from service.api.strict import StrictRoute, refuse_unknown
 from service.core.errors import ApiError
 from service.core.settings import Settings
 from service.core.vocab import MAX_ID_LENGTH
 from service.serving.images import (
     decode_upload,
-    pixels_to_images,
     raw_to_images,
     to_model_input,
 )
 
 router = APIRouter(prefix="/predict", tags=["predict"], route_class=StrictRoute)
 
-MAX_JSON_IMAGES = 256  # schema bound; settings.predict_max_images is the effective limit
 _FORM_FIELDS = frozenset({"file", "model_id", "adapter_id"})
 
 _QUERY_PARAMETERS = [
@@ -80,35 +78,6 @@ _QUERY_PARAMETERS = [
 """Declared in the OpenAPI operation rather than as FastAPI ``Query`` parameters: solving
 them cost ~12 % of ``/predict``'s throughput (benchmarks/bench_predict.py). StrictRoute
 accepts what the operation documents (:func:`service.api.strict.documented_query_names`)."""
-
-# strict: JSON numbers only (no booleans or numeric strings); ints are accepted as floats
-Pixel = Annotated[float, Field(ge=0, le=255, allow_inf_nan=False, strict=True)]
-Row = Annotated[list[Pixel], Field(min_length=28, max_length=28)]
-Image28 = Annotated[list[Row], Field(min_length=28, max_length=28)]
-
-
-class PredictRequest(BaseModel):
-    """JSON body of ``POST /predict``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    pixels: Image28 | Annotated[list[Image28], Field(min_length=1, max_length=MAX_JSON_IMAGES)] = (
-        Field(
-            description="One 28 x 28 grayscale image (rows of 28 values in [0, 255], light "
-            "digit on dark like MNIST; dark-on-light is inverted), or a list of them.",
-            union_mode="left_to_right",  # 5x faster than "smart" on 784 floats
-        )
-    )
-    model_id: str | None = Field(
-        None,
-        max_length=MAX_ID_LENGTH,
-        description="Base model (default: the newest pre-trained one).",
-    )
-    adapter_id: str | None = Field(
-        None,
-        max_length=MAX_ID_LENGTH,
-        description="LoRA adapter of that base model (default: none).",
-    )
 
 
 class PredictionOut(BaseModel):
@@ -319,23 +288,11 @@ async def read_predict_request(
 async def _read_json(
     request: Request, settings: Settings
 ) -> tuple[np.ndarray, str | None, str | None, bool]:
-    try:
-        body = PredictRequest.model_validate_json(await request.body())
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False)
-        if any(e["loc"][:1] == ("pixels",) and e["type"] != "missing" for e in errors):
-            raise ApiError(
-                422,
-                "invalid_pixels",
-                "pixels must be a 28 x 28 array of numbers in [0, 255], or a list of 1 to "
-                f"{settings.predict_max_images} such arrays.",
-                "pixels",
-            ) from None
-        raise RequestValidationError(errors) from None
-    batch = isinstance(body.pixels[0][0], list)
-    images = pixels_to_images(body.pixels)
+    images, model_id, adapter_id, batch = read_json_body(
+        await request.body(), settings.predict_max_images
+    )
     _check_count(images.shape[0], settings, "pixels")
-    return images, body.model_id or None, body.adapter_id or None, batch
+    return images, model_id, adapter_id, batch
 
 
 async def _read_multipart(
