@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_security(app, settings, PUBLIC_PATHS, PUBLIC_PREFIXES)
     # outermost: the request id is set before any other middleware answers
     app.add_middleware(ObserveMiddleware, router_app=app, metrics=settings.metrics_enabled)
+    # FastAPI tries routes in order (~1 us each): the serving hot path is matched first
     routers = (predict, health, jobs, job_events, webhooks, sweeps, models_api, adapters, evaluate)
     routers += (prometheus,)
     for module in routers:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.core.errors import ApiError
 from service.core.vocab import MAX_ID_LENGTH
-from service.serving.images import SIDE, pixels_to_images
+from service.serving.images import pixels_to_images
 
 MAX_JSON_IMAGES = 256  # schema bound; settings.predict_max_images is the effective limit
 
@@ -110,16 +110,15 @@ def read_json_fast(body: bytes) -> JsonBody | None:
         arr = np.array(pixels)
     except (ValueError, TypeError, OverflowError):  # ragged, or ints beyond 64 bits
         return None
-    if arr.dtype.kind not in "iuf" or arr.shape[-2:] != (SIDE, SIDE):
+    if arr.dtype.kind not in "iuf" or not (
+        arr.ndim == 2 or (arr.ndim == 3 and arr.shape[0] <= MAX_JSON_IMAGES)
+    ):
         return None
-    if arr.ndim == 3:
-        if not 1 <= arr.shape[0] <= MAX_JSON_IMAGES:
-            return None
-    elif arr.ndim != 2:
+    try:  # the shape and range rule is pixels_to_images's
+        images = pixels_to_images(arr)
+    except ApiError:
         return None
-    if not (arr.min() >= 0 and arr.max() <= 255):  # False for NaN too
-        return None
-    return pixels_to_images(arr), ids[0] or None, ids[1] or None, arr.ndim == 3
+    return images, ids[0] or None, ids[1] or None, arr.ndim == 3
 
 
 def read_json_validated(body: bytes, max_images: int) -> JsonBody:
