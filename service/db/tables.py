@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -204,6 +205,18 @@ class AdapterRecord(Base):
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     precision: Mapped[str | None] = mapped_column(String(8))  # fp32 | bf16; None if imported
+
+
+class RecordVersion(Base):
+    """One row (``id`` 1) whose ``version`` the database bumps, by trigger, with every
+    insert, update or delete on ``models`` or ``adapters`` (migration 0007): serving
+    re-reads the records it caches only when it has moved (:mod:`service.serving.records`).
+    Written only by those triggers."""
+
+    __tablename__ = "record_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
 
 
 class SweepRecord(Base):

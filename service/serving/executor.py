@@ -2,10 +2,11 @@
 
 :meth:`BatchExecutor.run` takes one micro-batch (requests from many clients) and:
 
-1. reads the batch's records (one query per table, :mod:`service.db`): the database is
-   the truth, so an adapter registered a moment ago is found, and a deleted one answers
-   404 and is forgotten by the caches (:meth:`BatchExecutor.forget`) even when it was
-   deleted by another process;
+1. resolves the batch's records through :class:`service.serving.records.RecordCache`
+   (one read of the database's record version per batch; the records themselves only
+   when they changed or were never read): the database is the truth, so an adapter
+   registered a moment ago is found, and a deleted one answers 404 and is forgotten by the
+   caches (:meth:`BatchExecutor.forget`) even when it was deleted by another process;
 2. takes the base networks and adapters from their LRU caches (:mod:`service.serving.cache`),
    loading what is missing (``models.checkpoint.load_model``, then
    ``models.multi_lora.enable_multi_lora``; ``models.adapter_io.load_adapter``, validated
@@ -46,7 +47,6 @@ from models.precision import resolve_precision, torch_dtype
 from service.core import store
 from service.core.errors import ApiError, artifact_unavailable
 from service.core.settings import Settings
-from service.db import adapter_records, model_records
 from service.db.engine import get_engine, session_factory
 from service.serving import invalidation
 from service.serving.batch import (
@@ -60,6 +60,7 @@ from service.serving.batch import (
 )
 from service.serving.cache import LRUCache
 from service.serving.metrics import ServingMetrics
+from service.serving.records import RecordCache
 
 log = logging.getLogger(__name__)
 V = TypeVar("V")
@@ -87,7 +88,9 @@ class BatchExecutor:
         self.precision = resolve_precision(settings.serving_precision, torch.device("cpu"))
         self.dtype = torch_dtype(self.precision)
         self.engine = get_engine(settings.database_url)
-        self._sessions = session_factory(settings.database_url)
+        self.records = RecordCache(
+            self.engine, session_factory(settings.database_url), settings.default_model_id
+        )
         self._banks: dict[str, AdapterBank] = {}
         invalidation.watch(self)
 
@@ -102,29 +105,23 @@ class BatchExecutor:
     # ---------------------------------------------------------------- resolving records
 
     def resolve(self, items: Sequence[BatchItem]) -> list[Resolved | ApiError]:
-        """Read the records the items name (one query per table) and match each item.
+        """Match each item against its records (:class:`service.serving.records.RecordCache`:
+        one read of the record version, and the records only when not cached under it).
 
         Records that are gone are forgotten by the caches (:meth:`forget`).
         """
-        adapter_ids = {i.adapter_id for i in items if i.adapter_id}
-        needs_default = any(i.model_id is None and not i.adapter_id for i in items)
-        with self._sessions() as session:
-            adapters = adapter_records.adapters_by_id(session, adapter_ids)
-            default_id = self._default_model_id(session) if needs_default else None
-            model_ids = {i.model_id for i in items if i.model_id}
-            model_ids |= {a.base_model_id for a in adapters.values()}
-            if default_id:
-                model_ids.add(default_id)
-            models = model_records.models_by_id(session, model_ids)
-        for gone in adapter_ids - set(adapters):
+        records = self.records.read(
+            {i.adapter_id for i in items if i.adapter_id},
+            {i.model_id for i in items if i.model_id},
+            any(i.model_id is None and not i.adapter_id for i in items),
+        )
+        for gone in records.gone_adapters:
             self.forget("adapter", gone, "record deleted")
-        for gone in model_ids - set(models):
+        for gone in records.gone_models:
             self.forget("model", gone, "record deleted")
-        return [resolve_item(i, adapters, models, default_id) for i in items]
-
-    def _default_model_id(self, session: Any) -> str | None:
-        """``settings.default_model_id``, else the newest pre-trained model's id (or None)."""
-        return self.settings.default_model_id or model_records.newest_pretrained_id(session)
+        return [
+            resolve_item(i, records.adapters, records.models, records.default_id) for i in items
+        ]
 
     # ---------------------------------------------------------------- loading
 

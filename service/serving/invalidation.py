@@ -1,7 +1,8 @@
 """How serving learns that an adapter record is gone: the one path into its caches.
 
-Every micro-batch reads its records, and :meth:`BatchExecutor.forget` drops what it finds
-deleted, whichever process deleted it. On top of that, a deletion committed *in this
+Every micro-batch reads the database's record version and re-reads the records it names
+when that moved (:mod:`service.serving.records`), and :meth:`BatchExecutor.forget` drops
+what it finds deleted, whichever process deleted it. On top of that, a deletion committed *in this
 process* is forgotten at once: one pair of SQLAlchemy session listeners, registered when
 this module is imported (never per predictor, so no listener is added or removed while
 events are being dispatched), collects the ids of ``AdapterRecord`` rows a flush deletes
