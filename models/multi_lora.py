@@ -11,16 +11,18 @@ evaluation and training all run through it.
 * :func:`enable_multi_lora` wraps a served network's linears in place (the serving cache
   owns that network); :func:`forward_with_adapters` does the same on a temporary view that
   shares the parameters of a plain MLP, for callers holding a network others use too.
-* A sample's answer does not depend on its batch neighbours: the grouped product gives
-  each row only its own adapter's update (the others' columns are masked to 0), so a mixed
-  batch equals each sample alone to float32 rounding.
+* A sample's answer does not depend on its batch neighbours: every form of
+  :class:`AdapterBatch` gives each row only its own adapter's update (gathered: the row's
+  own matrices; masked: the other adapters' columns multiplied by 0), so a mixed batch
+  equals each sample alone to float32 rounding.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,27 +35,38 @@ from models.lora import AdapterWeights, lora_layers
 class AdapterBatch:
     """Which adapter each sample of a batch uses, grouped for :class:`MultiLoraLinear`.
 
-    The update of a layer for the whole batch is one grouped low-rank product (the
-    batched-LoRA form of Punica / S-LoRA's SGMV, Chen et al. 2023, Sheng et al. 2023, done
-    with dense matmuls): the ``A`` matrices of the batch's distinct adapters stacked into
-    ``A_cat`` (sum r_i, in), their ``B`` matrices side by side into ``B_cat``
-    (out, sum r_i), and a (B, sum r_i) row mask holding ``scaling_i`` on the columns of
-    sample j's adapter i and 0 elsewhere, so ``out += ((x A_cat^T) * mask) B_cat^T`` adds
-    exactly ``scaling_i * B_i (A_i x)`` to each row (the other adapters' columns are
-    multiplied by 0) in two matmuls per layer instead of two per adapter plus a gather and a
-    scatter. Built once per batch and layer (the stacks are cast to the input's dtype there).
+    Three ways to add ``scaling_i * B_i (A_i x_j)`` (Hu et al. 2021, eq. 3) to each row j of
+    adapter i, chosen by whether a bank holds the batch's adapters and by its layout:
 
-    Used for bf16 inputs, where it measured 2x faster than a product per adapter (16 r=8
-    adapters in a batch of 16-32 on a 2-core AMX CPU: 1.8-2.0 ms vs 3.7-4.0 ms per forward
-    pass; many tiny bf16 matmuls each pay oneDNN's call overhead). For float32 inputs the
-    per-adapter form (gather the adapter's rows, ``B (A x)``, scatter-add) stays: there the
-    stacking copies cost more than they save (2.6-3.5 ms vs 2.4-3.2 ms).
+    * **per adapter** (no bank; float32): for each distinct adapter, gather its rows,
+      ``B (A x)``, scatter-add. Two small matmuls per adapter and layer.
+    * **gathered** (a bank in its ``"gathered"`` layout, float32's default): each row's own
+      ``A^T`` and ``scaling B^T`` gathered from the bank's per-rank stacks, then two batched
+      matmuls (``bmm``) of one row each: the Gather-BMM form that Punica compares its SGMV
+      kernel with (Chen et al. 2023). Only each row's own adapter is multiplied, so the cost
+      follows the batch, not the number of adapters the bank holds.
+    * **masked** (a bank in its ``"masked"`` layout, bf16's default; or no bank in bf16,
+      which stacks the batch's adapters once per batch): one grouped product over every
+      adapter of the bank (the batched-LoRA form of Punica / S-LoRA's SGMV, Chen et al.
+      2023, Sheng et al. 2023, done with dense matmuls): the adapters' ``A`` stacked into
+      ``A_cat`` (sum r_i, in), their ``B`` into ``B_cat`` (out, sum r_i), and a
+      (B, sum r_i) row mask holding ``scaling_i`` on the columns of sample j's adapter and 0
+      elsewhere, so ``out += ((x A_cat^T) * mask) B_cat^T`` adds exactly each row's own
+      update in two matmuls per layer, whatever the mix.
 
-    With an :class:`AdapterBank` holding every adapter of the batch, the stacks are the
-    bank's, built once when the bank was (not per batch), and the grouped product serves
-    both dtypes: 16 r=8 adapters mixed in a batch of 16 on 2 cores took 2.6-3.4 ms per
-    float32 pass (per-adapter form: 5.0-5.2 ms; the base alone 2.1-2.4 ms) and 1.3-1.9 ms
-    in bf16 (stacking per batch: 2.4-3.5 ms). Only the (B, sum r_i) mask is built per batch.
+    Measured (``benchmarks/bench_multi_lora.py``, 1 thread, batch 16, r=8 adapters on all
+    three layers, float32, a 2-core AVX2 CPU without AMX; the base alone 1.95 ms per pass):
+    with 16 adapters in the bank the per-adapter form adds 1.77 ms, masked 0.88 ms,
+    gathered 0.79 ms; with 64 adapters in the bank masked adds 3.35 ms, gathered 0.70 ms
+    (small-batch float32 matmuls are compute-bound there, and masked multiplies every row
+    by every adapter); at batch 64 the two bank forms cost the same (+1.37 / +1.40 ms). In
+    bf16 on a 2-core AMX CPU masked measured 2x faster than per adapter (16 adapters in a
+    batch of 16-32: 1.8-2.0 ms vs 3.7-4.0 ms per pass; many tiny bf16 matmuls each pay
+    oneDNN's call overhead) and 1.3-1.9 ms with a bank (stacking per batch: 2.4-3.5 ms);
+    the gathered form is not measured there, so bf16 keeps masked.
+
+    Per batch only the rows' positions in the stacks (or the mask) are built, once for all
+    layers whose stacks hold the same adapters.
 
     Args:
         adapters: length B, one entry per sample: an adapter, or None for the base alone.
@@ -69,34 +82,40 @@ class AdapterBatch:
         device: torch.device,
         bank: AdapterBank | None = None,
     ) -> None:
-        rows: dict[int, tuple[AdapterWeights, list[int]]] = {}
-        for i, adapter in enumerate(adapters):
-            if adapter is not None:
-                rows.setdefault(id(adapter), (adapter, []))[1].append(i)
-        self.groups: list[tuple[AdapterWeights, torch.Tensor]] = [
-            (adapter, torch.tensor(idx, device=device)) for adapter, idx in rows.values()
-        ]
         self._adapters = list(adapters)
         self._device = device
-        held = bank is not None and bank.holds(a for a, _ in rows.values())
+        self.active = any(a is not None for a in self._adapters)
+        distinct = {id(a): a for a in self._adapters if a is not None}.values()
+        held = bank is not None and bank.holds(distinct)
         self.bank = bank if held else None
-        self._banks: dict[torch.dtype, tuple[AdapterBank, torch.Tensor]] = {}
+        self._banks: dict[torch.dtype, tuple[AdapterBank, _BankRows]] = {}
         if self.bank is not None:
-            self._banks[self.bank.dtype] = (self.bank, self._slots_in(self.bank))
+            self._banks[self.bank.dtype] = (self.bank, self._rows_in(self.bank))
+        self._groups: list[tuple[AdapterWeights, torch.Tensor]] | None = None
 
-    def _slots_in(self, bank: AdapterBank) -> torch.Tensor:
-        """(B,) int64: each sample's slot in ``bank``, -1 for no adapter."""
-        return torch.tensor(
-            [bank.slot[id(a)] if a is not None else -1 for a in self._adapters],
-            device=self._device,
-        )
+    @property
+    def groups(self) -> list[tuple[AdapterWeights, torch.Tensor]]:
+        """Each distinct adapter with the (n_i,) int64 indices of its rows (built on first use)."""
+        if self._groups is None:
+            rows: dict[int, tuple[AdapterWeights, list[int]]] = {}
+            for i, adapter in enumerate(self._adapters):
+                if adapter is not None:
+                    rows.setdefault(id(adapter), (adapter, []))[1].append(i)
+            self._groups = [
+                (adapter, torch.tensor(idx, device=self._device)) for adapter, idx in rows.values()
+            ]
+        return self._groups
 
-    def _bank_for(self, dtype: torch.dtype) -> tuple[AdapterBank, torch.Tensor]:
+    def _rows_in(self, bank: AdapterBank) -> _BankRows:
+        """The samples' slots in ``bank`` (-1: no adapter), for its per-batch lookups."""
+        return _BankRows([bank.slot[id(a)] if a is not None else -1 for a in self._adapters])
+
+    def _bank_for(self, dtype: torch.dtype) -> tuple[AdapterBank, _BankRows]:
         """The bank in ``dtype`` (the one given, else this batch's adapters stacked once
         per batch and dtype) and the samples' slots in it."""
         if dtype not in self._banks:
             bank = AdapterBank([a for a, _ in self.groups], dtype=dtype, device=self._device)
-            self._banks[dtype] = (bank, self._slots_in(bank))
+            self._banks[dtype] = (bank, self._rows_in(bank))
         return self._banks[dtype]
 
     def add_deltas(self, name: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -117,17 +136,30 @@ class AdapterBatch:
                     delta = F.linear(F.linear(x.index_select(0, rows), a), b) * adapter.scaling
                     out.index_add_(0, rows, delta)
             return out
-        bank, slots = self._bank_for(x.dtype)
-        layer = bank.layers.get(name)
-        if layer is None:
-            return out
-        mask = (slots[:, None] == layer.owner[None, :]).to(x.dtype).mul_(layer.scale)
-        return out.addmm_(F.linear(x, layer.a_cat).mul_(mask), layer.b_rows)
+        bank, rows = self._bank_for(x.dtype)
+        return bank.add_deltas(name, x, out, rows)
+
+
+class _BankRows:
+    """One batch's view of a bank: each sample's slot, and what the batch derives from the
+    slots once per set of stacks (row masks, gather positions), shared by the layers whose
+    stacks hold the same adapters."""
+
+    def __init__(self, slots: list[int]) -> None:
+        self.slots = slots
+        self._memo: dict[int, Any] = {}
+
+    def derived(self, key: object, build: Callable[[], Any]) -> Any:
+        """``build()``, once per ``key`` (compared by identity) for this batch."""
+        k = id(key)
+        if k not in self._memo:
+            self._memo[k] = build()
+        return self._memo[k]
 
 
 @dataclass(frozen=True)
-class _BankLayer:
-    """One layer's stacks in an :class:`AdapterBank` (R = sum of the ranks targeting it)."""
+class _MaskedLayer:
+    """One layer's stacks for the masked product (R = sum of the ranks targeting it)."""
 
     a_cat: torch.Tensor  # (R, in_features): the adapters' A matrices, stacked
     b_rows: torch.Tensor  # (R, out_features): their B matrices transposed, stacked
@@ -135,49 +167,109 @@ class _BankLayer:
     scale: torch.Tensor  # (R,) in the stacks' dtype: that adapter's scaling
 
 
+@dataclass(frozen=True)
+class _RankStack:
+    """The adapters of one rank r targeting one layer, stacked for the gathered product."""
+
+    a_t: torch.Tensor  # (n, in_features, r): each member's A transposed
+    b_t: torch.Tensor  # (n, r, out_features): each member's scaling * B transposed
+    members: tuple[int, ...]  # the bank slot of each entry (one tuple object per member set)
+
+
 class AdapterBank:
     """The adapters a server holds for one base model, pre-stacked for the grouped product.
 
-    Per layer: ``A_cat`` (sum r_i, in), ``B`` transposed and stacked into (sum r_i, out),
-    contiguous (a contiguous right operand: a transposed view measured up to 2x slower in
-    bf16 on this CPU), each row's owner slot and ``scaling``. :class:`AdapterBatch` then
-    builds only its row mask per batch. Immutable: when the set of adapters changes, build a
-    new bank (tensors stay where and in the dtype the adapters have; cast them first).
+    Two layouts (see :class:`AdapterBatch` for what each computes and measured):
+
+    * ``"gathered"`` (the default for float32): per layer and rank r, ``A^T`` stacked into
+      (n, in, r) and ``scaling * B^T`` into (n, r, out) (:class:`_RankStack`);
+    * ``"masked"`` (the default for other dtypes): per layer, ``A_cat`` (sum r_i, in), ``B``
+      transposed and stacked into (sum r_i, out), each row's owner slot and ``scaling``
+      (:class:`_MaskedLayer`). Contiguous (a transposed right operand measured up to 2x
+      slower in bf16 on an AMX CPU).
+
+    Immutable: when the set of adapters changes, build a new bank (tensors stay where the
+    adapters are unless ``device`` says otherwise).
 
     Args:
         adapters: the adapters, all of one base model; slot ``k`` is ``adapters[k]``.
             Duplicates (the same object) are kept once.
         dtype, device: where the stacks go (default: the adapters' own dtype and device).
+        layout: ``"gathered"`` or ``"masked"``; None: by dtype, as above.
+
+    Raises:
+        ValueError: an unknown ``layout``.
     """
+
+    LAYOUTS = ("gathered", "masked")
 
     def __init__(
         self,
         adapters: Sequence[AdapterWeights],
         dtype: torch.dtype | None = None,
         device: torch.device | None = None,
+        layout: str | None = None,
     ) -> None:
         unique = list({id(a): a for a in adapters}.values())
         self.adapters: tuple[AdapterWeights, ...] = tuple(unique)
         self.slot: dict[int, int] = {id(a): k for k, a in enumerate(unique)}
         first = next(iter(unique[0].A.values())) if unique else torch.empty(0)
         self.dtype: torch.dtype = dtype or first.dtype
-        self.layers: dict[str, _BankLayer] = {}
+        self.device: torch.device = device or first.device
+        if layout is None:
+            layout = "gathered" if self.dtype == torch.float32 else "masked"
+        if layout not in self.LAYOUTS:
+            raise ValueError(f"layout must be one of {self.LAYOUTS}, got {layout!r}")
+        self.layout = layout
+        self.masked: dict[str, _MaskedLayer] = {}
+        self.stacks: dict[str, list[_RankStack]] = {}
+        interned: dict[tuple[int, ...], tuple[int, ...]] = {}
+        owners: dict[tuple[int, ...], torch.Tensor] = {}
         for name in LINEAR_NAMES:
             members = [(k, a) for k, a in enumerate(unique) if name in a.A]
             if not members:
                 continue
-            a_cat = torch.cat([a.A[name] for _, a in members])
-            a_cat = a_cat.to(device=device or a_cat.device, dtype=self.dtype).contiguous()
-            b_rows = torch.cat([a.B[name].t() for _, a in members])
-            b_rows = b_rows.to(device=a_cat.device, dtype=self.dtype).contiguous()
-            owner = torch.tensor([k for k, a in members for _ in range(a.A[name].shape[0])])
-            scale = torch.tensor(
-                [a.scaling for _, a in members for _ in range(a.A[name].shape[0])],
-                dtype=a_cat.dtype,
-            )
-            self.layers[name] = _BankLayer(
-                a_cat, b_rows, owner.to(a_cat.device), scale.to(a_cat.device)
-            )
+            if layout == "masked":
+                self.masked[name] = self._masked(name, members, owners)
+                continue
+            by_rank: dict[int, list[tuple[int, AdapterWeights]]] = {}
+            for k, a in members:
+                by_rank.setdefault(a.A[name].shape[0], []).append((k, a))
+            self.stacks[name] = [self._stack(name, group, interned) for group in by_rank.values()]
+
+    def _cast(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(device=self.device, dtype=self.dtype).contiguous()
+
+    def _masked(
+        self,
+        name: str,
+        members: list[tuple[int, AdapterWeights]],
+        owners: dict[tuple[int, ...], torch.Tensor],
+    ) -> _MaskedLayer:
+        ranks = [a.A[name].shape[0] for _, a in members]
+        owner = tuple(k for (k, _), r in zip(members, ranks, strict=True) for _ in range(r))
+        scale = [a.scaling for (_, a), r in zip(members, ranks, strict=True) for _ in range(r)]
+        if owner not in owners:  # one tensor per owner layout: its mask is built once a batch
+            owners[owner] = torch.tensor(owner, device=self.device)
+        return _MaskedLayer(
+            self._cast(torch.cat([a.A[name] for _, a in members])),
+            self._cast(torch.cat([a.B[name].t() for _, a in members])),
+            owners[owner],
+            self._cast(torch.tensor(scale)),
+        )
+
+    def _stack(
+        self,
+        name: str,
+        group: list[tuple[int, AdapterWeights]],
+        interned: dict[tuple[int, ...], tuple[int, ...]],
+    ) -> _RankStack:
+        slots = tuple(k for k, _ in group)
+        return _RankStack(
+            self._cast(torch.stack([a.A[name].t() for _, a in group])),
+            self._cast(torch.stack([a.B[name].t() * a.scaling for _, a in group])),
+            interned.setdefault(slots, slots),
+        )
 
     def holds(self, adapters: Iterable[AdapterWeights]) -> bool:
         """Whether every adapter given (by identity) has a slot here."""
@@ -185,6 +277,44 @@ class AdapterBank:
 
     def __len__(self) -> int:
         return len(self.adapters)
+
+    def add_deltas(
+        self, name: str, x: torch.Tensor, out: torch.Tensor, rows: _BankRows
+    ) -> torch.Tensor:
+        """Add to ``out`` (B, out_features), in place, each row's own update of layer
+        ``name`` for input ``x`` (B, in_features), the rows' slots in ``rows``; returns it."""
+        if name in self.masked:
+            layer = self.masked[name]
+
+            def mask() -> torch.Tensor:  # (B, R): scaling_i on row j's adapter's columns
+                slots = torch.tensor(rows.slots, device=self.device)
+                same = slots[:, None] == layer.owner[None, :]
+                return same.to(self.dtype).mul_(layer.scale)
+
+            scaled = F.linear(x, layer.a_cat).mul_(rows.derived(layer.owner, mask))
+            return out.addmm_(scaled, layer.b_rows)
+        for stack in self.stacks.get(name, ()):
+
+            def positions(stack: _RankStack = stack) -> tuple[torch.Tensor | None, torch.Tensor]:
+                """(rows of the batch in this stack, or None for all; their positions)."""
+                where = {slot: p for p, slot in enumerate(stack.members)}
+                mine = [j for j, s in enumerate(rows.slots) if s in where]
+                pos = torch.tensor([where[rows.slots[j]] for j in mine], device=self.device)
+                if len(mine) == len(rows.slots):
+                    return None, pos
+                return torch.tensor(mine, device=self.device), pos
+
+            which, pos = rows.derived(stack.members, positions)
+            if pos.numel() == 0:
+                continue
+            xs = (x if which is None else x.index_select(0, which)).unsqueeze(1)  # (b, 1, in)
+            h = torch.bmm(xs, stack.a_t.index_select(0, pos))  # (b, 1, r)
+            delta = torch.bmm(h, stack.b_t.index_select(0, pos)).squeeze(1)  # (b, out)
+            if which is None:
+                out.add_(delta)
+            else:
+                out.index_add_(0, which, delta)
+        return out
 
 
 class MultiLoraLinear(nn.Module):
@@ -208,7 +338,7 @@ class MultiLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, adapters: AdapterBatch | None = None) -> torch.Tensor:
         out = self.base_layer(x)
-        if adapters is not None and adapters.groups:
+        if adapters is not None and adapters.active:
             adapters.add_deltas(self.name, x, out)
         return out
 

@@ -15,9 +15,10 @@
    ``torch.inference_mode``: ``W x + b + scaling_i * B_i (A_i x)`` with each sample's own
    adapter (Hu et al. 2021, eq. 3); base weights are only read, never merged into. A batch
    needing more distinct adapters than the cache holds is split so that no pass holds more
-   than ``adapter_cache_size`` adapters. The adapter products of a pass are one grouped
-   low-rank product over the model's :class:`models.multi_lora.AdapterBank` (the resident
-   adapters pre-stacked, rebuilt only when a batch needs one it lacks);
+   than ``adapter_cache_size`` adapters. The adapter products of a pass go through the
+   model's :class:`models.multi_lora.AdapterBank` (the resident adapters pre-stacked,
+   rebuilt only when a batch needs one it lacks): in float32 each row's own adapter
+   gathered from it, two batched products per layer; in bf16 one grouped product over it;
    in ``SERVING_PRECISION`` bf16 (:mod:`models.precision`) the networks and adapters are
    cast to bfloat16 once, when loaded into the cache, and each batch's input once per
    pass; the logits are cast back to float32 before the softmax;
@@ -210,7 +211,8 @@ class BatchExecutor:
 
     def bank(self, base: LoadedModel, needed: Sequence[AdapterWeights]) -> AdapterBank:
         """The pre-stacked adapters of ``base`` (:class:`models.multi_lora.AdapterBank`):
-        every resident adapter of that model, so that a batch only builds its row mask.
+        every resident adapter of that model, so that a batch only builds its rows' positions
+        in the stacks (or its row mask).
 
         Rebuilt (once, on this thread) when a batch needs an adapter the current bank lacks:
         one just loaded, or reloaded after a change (a new object). An evicted adapter's
