@@ -55,11 +55,11 @@ class AdapterBatch:
       update in two matmuls per layer, whatever the mix.
 
     Measured (``benchmarks/bench_multi_lora.py``, 1 thread, batch 16, r=8 adapters on all
-    three layers, float32, a 2-core AVX2 CPU without AMX; the base alone 1.95 ms per pass):
-    with 16 adapters in the bank the per-adapter form adds 1.77 ms, masked 0.88 ms,
-    gathered 0.79 ms; with 64 adapters in the bank masked adds 3.35 ms, gathered 0.70 ms
-    (small-batch float32 matmuls are compute-bound there, and masked multiplies every row
-    by every adapter); at batch 64 the two bank forms cost the same (+1.37 / +1.40 ms). In
+    three layers, float32, a 2-core AVX2 CPU without AMX; the base alone 1.8-1.95 ms per
+    pass): with 16 adapters in the bank the per-adapter form adds 1.6-1.9 ms, masked and
+    gathered 0.8-1.3 ms each (equal within noise); with 64 adapters in the bank masked adds
+    3.4 ms, gathered 0.7-0.8 ms (masked multiplies every row by every adapter of the bank,
+    and small-batch float32 matmuls are compute-bound there). In
     bf16 on a 2-core AMX CPU masked measured 2x faster than per adapter (16 adapters in a
     batch of 16-32: 1.8-2.0 ms vs 3.7-4.0 ms per pass; many tiny bf16 matmuls each pay
     oneDNN's call overhead) and 1.3-1.9 ms with a bank (stacking per batch: 2.4-3.5 ms);
