@@ -56,10 +56,10 @@ class AdapterBatch:
 
     Measured (``benchmarks/bench_multi_lora.py``, 1 thread, batch 16, r=8 adapters on all
     three layers, float32, a 2-core AVX2 CPU without AMX; the base alone 1.8-1.95 ms per
-    pass): with 16 adapters in the bank the per-adapter form adds 1.6-1.9 ms, masked and
-    gathered 0.8-1.3 ms each (equal within noise); with 64 adapters in the bank masked adds
-    3.4 ms, gathered 0.7-0.8 ms (masked multiplies every row by every adapter of the bank,
-    and small-batch float32 matmuls are compute-bound there). In
+    pass): with 16 adapters in the bank the per-adapter form adds 1.6-1.9 ms, masked
+    0.9-1.1 ms, gathered 0.8-1.4 ms (equal within noise over seven runs); with 64 adapters
+    in the bank masked adds 3.4 ms, gathered 0.7-0.8 ms (masked multiplies every row by
+    every adapter of the bank, and small-batch float32 matmuls are compute-bound there). In
     bf16 on a 2-core AMX CPU masked measured 2x faster than per adapter (16 adapters in a
     batch of 16-32: 1.8-2.0 ms vs 3.7-4.0 ms per pass; many tiny bf16 matmuls each pay
     oneDNN's call overhead) and 1.3-1.9 ms with a bank (stacking per batch: 2.4-3.5 ms);
@@ -166,6 +166,17 @@ class _MaskedLayer:
     owner: torch.Tensor  # (R,) int64: the bank slot of each row's adapter
     scale: torch.Tensor  # (R,) in the stacks' dtype: that adapter's scaling
 
+    def add(self, x: torch.Tensor, out: torch.Tensor, rows: _BankRows) -> torch.Tensor:
+        """``out += ((x A_cat^T) * mask) B_rows`` in place; the (B, R) mask (``scaling`` on
+        the columns of each row's adapter, 0 elsewhere) built once per batch and owner layout."""
+
+        def mask() -> torch.Tensor:
+            slots = torch.tensor(rows.slots, device=self.owner.device)
+            return (slots[:, None] == self.owner[None, :]).to(x.dtype).mul_(self.scale)
+
+        scaled = F.linear(x, self.a_cat).mul_(rows.derived(self.owner, mask))
+        return out.addmm_(scaled, self.b_rows)
+
 
 @dataclass(frozen=True)
 class _RankStack:
@@ -174,6 +185,27 @@ class _RankStack:
     a_t: torch.Tensor  # (n, in_features, r): each member's A transposed
     b_t: torch.Tensor  # (n, r, out_features): each member's scaling * B transposed
     members: tuple[int, ...]  # the bank slot of each entry (one tuple object per member set)
+
+    def add(self, x: torch.Tensor, out: torch.Tensor, rows: _BankRows) -> torch.Tensor:
+        """Add ``B_i (A_i x_j)`` (scaling folded in) to each row j whose adapter i is a
+        member, in place: its matrices gathered, two ``bmm`` of one row each."""
+        which, pos = rows.derived(self.members, lambda: self._positions(rows.slots))
+        if pos.numel() == 0:
+            return out
+        xs = (x if which is None else x.index_select(0, which)).unsqueeze(1)  # (b, 1, in)
+        h = torch.bmm(xs, self.a_t.index_select(0, pos))  # (b, 1, r)
+        delta = torch.bmm(h, self.b_t.index_select(0, pos)).squeeze(1)  # (b, out)
+        return out.add_(delta) if which is None else out.index_add_(0, which, delta)
+
+    def _positions(self, slots: list[int]) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(the batch rows whose adapter is a member, None meaning all; their positions)."""
+        where = {slot: p for p, slot in enumerate(self.members)}
+        mine = [j for j, s in enumerate(slots) if s in where]
+        device = self.a_t.device
+        pos = torch.tensor([where[slots[j]] for j in mine], dtype=torch.int64, device=device)
+        if len(mine) == len(slots):
+            return None, pos
+        return torch.tensor(mine, device=device), pos
 
 
 class AdapterBank:
@@ -284,36 +316,9 @@ class AdapterBank:
         """Add to ``out`` (B, out_features), in place, each row's own update of layer
         ``name`` for input ``x`` (B, in_features), the rows' slots in ``rows``; returns it."""
         if name in self.masked:
-            layer = self.masked[name]
-
-            def mask() -> torch.Tensor:  # (B, R): scaling_i on row j's adapter's columns
-                slots = torch.tensor(rows.slots, device=self.device)
-                same = slots[:, None] == layer.owner[None, :]
-                return same.to(self.dtype).mul_(layer.scale)
-
-            scaled = F.linear(x, layer.a_cat).mul_(rows.derived(layer.owner, mask))
-            return out.addmm_(scaled, layer.b_rows)
+            return self.masked[name].add(x, out, rows)
         for stack in self.stacks.get(name, ()):
-
-            def positions(stack: _RankStack = stack) -> tuple[torch.Tensor | None, torch.Tensor]:
-                """(rows of the batch in this stack, or None for all; their positions)."""
-                where = {slot: p for p, slot in enumerate(stack.members)}
-                mine = [j for j, s in enumerate(rows.slots) if s in where]
-                pos = torch.tensor([where[rows.slots[j]] for j in mine], device=self.device)
-                if len(mine) == len(rows.slots):
-                    return None, pos
-                return torch.tensor(mine, device=self.device), pos
-
-            which, pos = rows.derived(stack.members, positions)
-            if pos.numel() == 0:
-                continue
-            xs = (x if which is None else x.index_select(0, which)).unsqueeze(1)  # (b, 1, in)
-            h = torch.bmm(xs, stack.a_t.index_select(0, pos))  # (b, 1, r)
-            delta = torch.bmm(h, stack.b_t.index_select(0, pos)).squeeze(1)  # (b, out)
-            if which is None:
-                out.add_(delta)
-            else:
-                out.index_add_(0, which, delta)
+            stack.add(x, out, rows)
         return out
 
 
